@@ -1,0 +1,122 @@
+"""The diagonal-system protocol shared by every prunable SSM layer.
+
+A layer holds, per stored state i (one member of a conjugate pair), a discrete eigenvalue λ̄_i, an
+input row B̄_i and one output column C_i per direction, plus a real skip D. With all states
+active its output is
+
+    y_k = 2·Re(C[0] x_k) + D ⊙ u_k,        x_k = diag(λ̄) x_{k−1} + B̄ u_k,   x_{−1} = 0,
+
+plus 2·Re(C[1] x'_k) when bidirectional, where x' runs the same recurrence over the time-reversed
+input (the current step is included in both directions, as in S5).
+
+Pruning (``ssmlit.pruning``) needs only :meth:`DiagonalSSM.discretized_system` and
+:attr:`DiagonalSSM.state_mask`; physical removal needs :meth:`DiagonalSSM.compact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class DiagonalSSM(nn.Module):
+    """Base class of S4D and S5: the state mask, precision handling and the protocol's signatures.
+
+    Subclasses implement :meth:`discretized_system`, :meth:`_forward`, :meth:`compact`,
+    :meth:`config` and :meth:`param_roles`.
+    """
+
+    bidirectional: bool
+    d_model: int
+    step_rescale: float
+
+    def _init_state_mask(self, n: int) -> None:
+        # A buffer (not a parameter): saved in the state dict, moved with .to(), broadcast by DDP.
+        self.register_buffer("state_mask", torch.ones(n, dtype=torch.bool))
+
+    @property
+    def n_states(self) -> int:
+        """Number of stored conjugate-pair states n (the length of ``state_mask``)."""
+        return int(self.state_mask.numel())
+
+    @property
+    def n_active(self) -> int:
+        """Number of states not masked out."""
+        return int(self.state_mask.sum())
+
+    def discretized_system(
+        self, dtype: torch.dtype | None = None, step_rescale: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The full (unmasked) discrete system.
+
+        Args:
+            dtype: complex dtype of the result; ``torch.complex128`` computes the discretization
+                itself in double precision (what pruning scores use). Default complex64.
+            step_rescale: multiplies every Δ; defaults to the layer's ``step_rescale``.
+
+        Returns:
+            ``lam_bar: complex [n]``, ``B_bar: complex [n, H]``, ``C: complex [d, H, n]`` with
+            d = 2 when bidirectional (forward, backward) else 1.
+        """
+        raise NotImplementedError
+
+    def compact(self) -> DiagonalSSM:
+        """A new layer with the masked states physically removed and identical outputs."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments that rebuild a layer of the same shapes."""
+        raise NotImplementedError
+
+    def param_roles(self) -> dict[str, str]:
+        """Map of parameter name → role in {"A", "B", "C", "D", "dt"} (used for optimizer groups)."""
+        raise NotImplementedError
+
+    def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, u: torch.Tensor, step_rescale: float | None = None) -> torch.Tensor:
+        """Apply the layer.
+
+        Args:
+            u: real [batch, length, d_model].
+            step_rescale: multiplies every Δ for this call (e.g. 2.0 for input sampled at half the
+                training rate); defaults to the layer's ``step_rescale``.
+
+        Returns:
+            y: real [batch, length, d_model], same dtype as ``u``.
+        """
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"{type(self).__name__} expects input [batch, length, {self.d_model}], "
+                             f"got {tuple(u.shape)}")
+        rescale = self.step_rescale if step_rescale is None else float(step_rescale)
+        # Complex recurrences are run in float32 even under autocast: half-precision powers
+        # λ̄^k lose the slow modes that carry long-range memory.
+        ctx = (torch.autocast(u.device.type, enabled=False)
+               if torch.is_autocast_enabled(u.device.type) else contextlib.nullcontext())
+        with ctx:
+            y = self._forward(u.float(), rescale)
+        return y.to(u.dtype)
+
+
+def as_complex(p: torch.Tensor) -> torch.Tensor:
+    """View a real [..., 2] (real, imaginary) parameter as complex [...]."""
+    return torch.view_as_complex(p if p.is_contiguous() else p.contiguous())
+
+
+def complex_param(z: torch.Tensor) -> nn.Parameter:
+    """Store a complex tensor as a real [..., 2] parameter (DDP all-reduce, AdamW state and
+    checkpoints then treat it as ordinary real data)."""
+    return nn.Parameter(torch.view_as_real(z.to(torch.complex64)).clone())
+
+
+def check_real_dtype(dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
+    """Map a requested complex dtype to (real dtype, complex dtype) for discretization."""
+    if dtype is None or dtype == torch.complex64:
+        return torch.float32, torch.complex64
+    if dtype == torch.complex128:
+        return torch.float64, torch.complex128
+    raise ValueError(f"discretized_system dtype must be torch.complex64 or torch.complex128, got {dtype}")

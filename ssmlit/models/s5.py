@@ -1,0 +1,166 @@
+"""S5: a MIMO diagonal state space layer (Smith, Warrington & Linderman, ICLR 2023).
+
+Notation follows the paper and lindermanlab/S5 (``s5/ssm.py``, ``s5/ssm_init.py``):
+
+- P_full = ``d_state`` real states, stored as P = P_full/2 complex eigenvalues Λ (conjugate
+  symmetry; the output takes 2·Re).
+- Λ = Λ_re + iΛ_im from the block-diagonal HiPPO-N initialization (J = ``blocks`` blocks).
+- B̃ = V⁻¹B₀ ∈ ℂ^{P×H}, C̃ = C₀V ∈ ℂ^{H×P} (one per direction), D ∈ ℝ^H, and one Δ per state
+  (``log_step``), Δ = step_rescale·exp(log_step).
+- Discretization (Sec. 2 / App. C): ZOH Λ̄ = exp(ΛΔ), B̄ = Λ⁻¹(Λ̄ − I)B̃; or bilinear.
+- Recurrence x_k = Λ̄x_{k−1} + B̄u_k, y_k = 2·Re(C̃x_k) + D⊙u_k, computed by a parallel scan
+  (``ssmlit.models.scan``); bidirectional adds 2·Re(C̃₂x^b_k) from a reverse scan over the same Λ̄, B̄.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import DiagonalSSM, as_complex, check_real_dtype, complex_param
+from .discretize import DISCRETIZATIONS, discretize
+from .hippo import block_diag_hippo_n, lecun_normal_
+from .scan import DEFAULT_CHUNK, SCANS, diagonal_scan
+
+C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
+
+
+class S5(DiagonalSSM):
+    """S5 layer mapping real ``[batch, length, d_model]`` to the same shape.
+
+    Args:
+        d_model: H, the number of input/output channels.
+        d_state: P_full, the real state size (P_full/2 complex eigenvalues are stored).
+        blocks: J, the number of HiPPO-N blocks on the diagonal of the initialization.
+        bidirectional: add a reverse-time scan with its own C (shared Λ̄, B̄).
+        discretization: ``"zoh"`` or ``"bilinear"``.
+        C_init: ``"trunc_standard_normal"`` (default), ``"lecun_normal"`` or ``"complex_normal"``.
+        dt_min, dt_max: range of the log-uniform initial Δ (one per state).
+        clip_eigs: use Re Λ = min(Λ_re, −1e-4), which guarantees stability.
+        step_rescale: default multiplier of Δ (overridable per call).
+        scan: the recurrence algorithm, one of ``chunked`` (default), ``assoc``, ``fft``,
+            ``sequential``.
+        chunk_size: chunk length T of the ``chunked`` scan.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        blocks: int = 1,
+        bidirectional: bool = False,
+        discretization: str = "zoh",
+        C_init: str = "trunc_standard_normal",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        clip_eigs: bool = False,
+        step_rescale: float = 1.0,
+        scan: str = "chunked",
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        super().__init__()
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"unknown discretization {discretization!r}; choose one of {DISCRETIZATIONS}")
+        if C_init not in C_INITS:
+            raise ValueError(f"unknown C_init {C_init!r}; choose one of {C_INITS}")
+        if scan not in SCANS:
+            raise ValueError(f"unknown scan algorithm {scan!r}; choose one of {sorted(SCANS)}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_model, self.d_state, self.blocks = d_model, d_state, blocks
+        self.bidirectional, self.discretization, self.C_init = bidirectional, discretization, C_init
+        self.dt_min, self.dt_max, self.clip_eigs = dt_min, dt_max, clip_eigs
+        self.step_rescale, self.scan, self.chunk_size = float(step_rescale), scan, chunk_size
+
+        Lambda, V, Vinv = block_diag_hippo_n(d_state, blocks)
+        P, H, d = Lambda.numel(), d_model, 2 if bidirectional else 1
+        self.Lambda_re = nn.Parameter(Lambda.real.float())
+        self.Lambda_im = nn.Parameter(Lambda.imag.float())
+
+        B0 = lecun_normal_(torch.empty(d_state, H, dtype=torch.float64), fan_in=d_state)
+        self.B = complex_param(Vinv @ B0.to(torch.complex128))  # [P, H, 2]
+
+        C = torch.empty(d, H, P, dtype=torch.complex128)
+        for k in range(d):
+            if C_init == "complex_normal":
+                C[k] = torch.randn(H, P, dtype=torch.complex128)  # std √½ per real/imag part
+            else:
+                # trunc_standard_normal: lecun_normal per output row (fan_in = P_full);
+                # lecun_normal: one draw over [H, P_full, 2] (JAX fan_in = P_full·H).
+                fan_in = d_state if C_init == "trunc_standard_normal" else d_state * H
+                C0 = lecun_normal_(torch.empty(H, d_state, 2, dtype=torch.float64), fan_in=fan_in)
+                C[k] = torch.view_as_complex(C0) @ V
+        self.C = complex_param(C)  # [d, H, P, 2]
+        self.D = nn.Parameter(torch.randn(H))
+        log_step = torch.rand(P) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_step = nn.Parameter(log_step)
+        self._init_state_mask(P)
+
+    # -- protocol -----------------------------------------------------------------------------
+    def _continuous(self, real: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        re = self.Lambda_re.to(real)
+        if self.clip_eigs:
+            re = re.clamp(max=-1e-4)
+        return torch.complex(re, self.Lambda_im.to(real)), torch.exp(self.log_step.to(real))
+
+    def _discrete(self, step_rescale: float, dtype: torch.dtype | None = None):
+        real, cplx = check_real_dtype(dtype)
+        Lambda, Delta = self._continuous(real)
+        log_lam, lam_bar, gamma = discretize(Lambda, step_rescale * Delta, self.discretization)
+        B_bar = gamma[:, None] * as_complex(self.B).to(cplx)
+        return log_lam, lam_bar, B_bar, as_complex(self.C).to(cplx)
+
+    def discretized_system(self, dtype=None, step_rescale=None):
+        rescale = self.step_rescale if step_rescale is None else float(step_rescale)
+        _, lam_bar, B_bar, C = self._discrete(rescale, dtype)
+        return lam_bar, B_bar, C
+
+    def param_roles(self) -> dict[str, str]:
+        return {"Lambda_re": "A", "Lambda_im": "A", "B": "B", "C": "C", "D": "D", "log_step": "dt"}
+
+    def config(self) -> dict[str, Any]:
+        return dict(
+            d_model=self.d_model, d_state=self.d_state, blocks=self.blocks,
+            bidirectional=self.bidirectional, discretization=self.discretization, C_init=self.C_init,
+            dt_min=self.dt_min, dt_max=self.dt_max, clip_eigs=self.clip_eigs,
+            step_rescale=self.step_rescale, scan=self.scan, chunk_size=self.chunk_size,
+        )
+
+    @torch.no_grad()
+    def compact(self) -> S5:
+        keep = self.state_mask.nonzero().squeeze(1)
+        if keep.numel() == 0:
+            raise ValueError("cannot compact an S5 layer whose states are all masked; keep at least one")
+        cfg = self.config() | {"d_state": 2 * keep.numel(), "blocks": 1}
+        new = S5(**cfg).to(self.D.device)
+        new.Lambda_re.copy_(self.Lambda_re[keep])
+        new.Lambda_im.copy_(self.Lambda_im[keep])
+        new.B.copy_(self.B[keep])
+        new.C.copy_(self.C[:, :, keep])
+        new.D.copy_(self.D)
+        new.log_step.copy_(self.log_step[keep])
+        return new
+
+    # -- computation --------------------------------------------------------------------------
+    def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
+        log_lam, _, B_bar, C = self._discrete(step_rescale)
+        mask = self.state_mask
+        B_bar = B_bar * mask[:, None]  # a masked state receives no input, so its x stays 0
+        Bsz, L, H = u.shape
+        P = B_bar.shape[0]
+        uT = u.reshape(Bsz * L, H).T  # [H, B·L]
+        b = torch.complex(B_bar.real @ uT, B_bar.imag @ uT).view(P, Bsz, L)
+        xs = [diagonal_scan(log_lam, b, self.scan, reverse=rev, chunk_size=self.chunk_size)
+              for rev in ((False, True) if self.bidirectional else (False,))]
+        x = torch.cat(xs, 0).reshape(len(xs) * P, Bsz * L)  # [d·P, B·L]
+        Ccat = (C * mask).permute(1, 0, 2).reshape(H, len(xs) * P)  # [H, d·P]: [C_fwd | C_bwd]
+        y = 2 * (Ccat.real @ x.real - Ccat.imag @ x.imag)  # 2·Re(C x): [H, B·L]
+        return y.T.reshape(Bsz, L, H) + self.D * u
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state} (P={self.n_states} stored, "
+                f"{self.n_active} active), blocks={self.blocks}, bidirectional={self.bidirectional}, "
+                f"discretization={self.discretization}, scan={self.scan}")

@@ -1,0 +1,41 @@
+"""Independent float64 references for the tests: plain sequential recurrences built from a layer's
+``discretized_system()`` (the protocol), never from the layer's own fast paths."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def recurrence_output(layer, u: torch.Tensor, keep: torch.Tensor | None = None,
+                      step_rescale: float | None = None) -> torch.Tensor:
+    """y_k = 2·Re(C[0] x_k + C[1] x'_k) + D⊙u_k in complex128 with a Python loop over time.
+
+    ``keep`` (bool [n]) selects the states that exist; default: the layer's ``state_mask``. States
+    not kept are *deleted* from the system (rows of B̄, columns of C, entries of λ̄), not zeroed.
+    """
+    lam, B, C = layer.discretized_system(torch.complex128, step_rescale=step_rescale)
+    keep = layer.state_mask if keep is None else keep
+    idx = keep.nonzero().squeeze(1)
+    lam, B, C = lam[idx], B[idx], C[..., idx]
+    u64 = u.detach().double()
+    Bsz, L, _ = u64.shape
+    drive = torch.einsum("nh,blh->bln", B, u64.to(torch.complex128))
+
+    def run(drive):
+        x = torch.zeros(Bsz, lam.numel(), dtype=torch.complex128)
+        out = []
+        for k in range(L):
+            x = lam * x + drive[:, k]
+            out.append(x)
+        return torch.stack(out, 1)
+
+    xs = [run(drive)]
+    if C.shape[0] == 2:
+        xs.append(run(drive.flip(1)).flip(1))
+    y = sum(2 * torch.einsum("hn,bln->blh", C[d], xs[d]).real for d in range(len(xs)))
+    return y + layer.D.detach().double() * u64
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.detach().double() - ref.detach()).norm() / ref.detach().norm())
