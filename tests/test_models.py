@@ -2,11 +2,12 @@ import math
 
 import pytest
 import torch
-from reference import recurrence_output, rel_err
 
 from ssmlit.models import S4D, S5, SCANS, SequenceModel
-from ssmlit.models.hippo import block_diag_hippo_n, legs_normal_eig, lecun_normal_, s4d_init
+from ssmlit.models.hippo import block_diag_hippo_n, lecun_normal_, legs_normal_eig, s4d_init
 from ssmlit.models.scan import chunked_scan, diagonal_scan
+
+from reference import recurrence_output, rel_err
 
 H = 8
 L = 1024

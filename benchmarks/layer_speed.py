@@ -1,0 +1,160 @@
+"""Forward+backward time and peak memory of one S4D layer and one S5 layer (each scan algorithm).
+
+    python benchmarks/layer_speed.py            # paper shapes that fit the device (GPU: all)
+    python benchmarks/layer_speed.py --quick    # a small grid, ~2 minutes on a 2-core CPU
+    python benchmarks/layer_speed.py --device cpu --batch 4 --reps 3
+
+Shapes follow the LAST paper's Tables 3/4 (H = 128…512, state sizes 16…384, L = 1,024 / 4,096 /
+16,384). Every measurement runs in a fresh subprocess so the peak-memory number belongs to it
+alone: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the growth of the process's peak
+resident set size (``ru_maxrss``) over its state right before the first pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (layer, H, state size, L): state size is S5's P_full or S4D's N per channel.
+PAPER_SHAPES = [
+    ("s5", 128, 16, 2048),      # ListOps
+    ("s5", 512, 384, 1024),     # sCIFAR / Image
+    ("s5", 256, 192, 4096),     # Text
+    ("s5", 128, 256, 16384),    # Path-X
+    ("s4d", 512, 64, 1024),     # sCIFAR / Image
+    ("s4d", 256, 64, 4096),     # Text
+    ("s4d", 256, 64, 16384),    # Path-X
+]
+QUICK_SHAPES = [
+    ("s5", 128, 16, 1024),
+    ("s5", 128, 256, 1024),
+    ("s5", 128, 256, 4096),
+    ("s5", 128, 256, 16384),
+    ("s4d", 128, 64, 1024),
+    ("s4d", 128, 64, 4096),
+    ("s4d", 128, 64, 16384),
+]
+S5_SCANS = ["chunked", "assoc", "fft"]
+
+
+def _measure(spec: dict) -> dict:
+    """Run inside the child process: time forward+backward of one layer, report peak memory."""
+    import torch
+
+    from ssmlit.models import S4D, S5
+
+    torch.manual_seed(0)
+    dev = torch.device(spec["device"])
+    H, n, L, B = spec["H"], spec["n"], spec["L"], spec["batch"]
+    if spec["layer"] == "s5":
+        layer = S5(H, n, blocks=max(1, n // 16), bidirectional=True, scan=spec["scan"], chunk_size=spec["chunk"])
+    else:
+        layer = S4D(H, n, bidirectional=True)
+    layer = layer.to(dev)
+    u = torch.randn(B, L, H, device=dev, requires_grad=True)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        layer(u).square().mean().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    # The baseline is taken before the warm-up pass: the CPU high-water mark would otherwise
+    # already contain the peak of that first pass.
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step()  # warm-up (kernel selection, allocator)
+    times = []
+    for _ in range(spec["reps"]):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:  # ru_maxrss is a high-water mark: its growth over the pre-warm-up state
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"ms": 1e3 * statistics.median(times), "peak_mib": max(peak, 0) / 2**20}
+
+
+def _child() -> None:
+    spec = json.loads(sys.argv[2])
+    try:
+        print(json.dumps(_measure(spec)))
+    except RuntimeError as e:  # out of memory: report instead of failing the whole table
+        print(json.dumps({"error": str(e).splitlines()[0][:80]}))
+
+
+def machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="small grid for a CPU")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: 16 on GPU, 1 on CPU)")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--chunk", type=int, default=64, help="chunk size of the chunked scan")
+    ap.add_argument("--scans", default=",".join(S5_SCANS))
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    batch = args.batch or (16 if gpu else 1)
+    reps = args.reps or (10 if gpu else 3)
+    shapes = QUICK_SHAPES if args.quick else PAPER_SHAPES
+
+    rows = []
+    print(f"Machine: {machine('cuda' if gpu else 'cpu')}; batch {batch}; bidirectional layers; "
+          f"median of {reps} forward+backward passes\n")
+    print("| layer | scan | H | state | L | fwd+bwd ms | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for layer, H, n, L in shapes:
+        for scan in (args.scans.split(",") if layer == "s5" else ["vandermonde+fft"]):
+            spec = dict(layer=layer, scan=scan, H=H, n=n, L=L, batch=batch, reps=reps, device=args.device,
+                        chunk=args.chunk)
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            try:
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                res = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]}
+            rows.append(spec | res)
+            if "error" in res:
+                print(f"| {layer} | {scan} | {H} | {n} | {L} | {res['error']} | |")
+            else:
+                print(f"| {layer} | {scan} | {H} | {n} | {L} | {res['ms']:.1f} | {res['peak_mib']:.0f} |")
+            sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        _child()
+    else:
+        main()
