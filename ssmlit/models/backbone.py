@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from ssmlit.utils import atomic_write_bytes
 
 from .base import DiagonalSSM
 from .blocks import ResidualBlock, SequenceNorm
@@ -153,3 +157,27 @@ class SequenceModel(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_model(model: SequenceModel, path: str | os.PathLike) -> None:
+    """Save ``{"config": model.config(), "state_dict": ...}`` atomically (temp file + rename).
+
+    ``config()`` records each block's current SSM shapes, so compacted (pruned) models, whose
+    layers have different state sizes, rebuild exactly with :func:`load_model`.
+    """
+    buf = io.BytesIO()
+    torch.save({"format": "ssmlit.SequenceModel/1", "config": model.config(), "state_dict": model.state_dict()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SequenceModel:
+    """Rebuild a model written by :func:`save_model` (loaded with ``weights_only=True``)."""
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no model file at {path}") from None
+    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+        raise ValueError(f"{path} is not a model saved by ssmlit.models.save_model (expected keys config, state_dict)")
+    model = SequenceModel(**blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    return model

@@ -161,6 +161,14 @@ class S4D(DiagonalSSM):
         C_mimo = (C[:, :, None, :] * eye[None, :, :, None]).reshape(C.shape[0], H, H * N2)  # [d, H, n]
         return lam_bar.reshape(-1), B_mimo, C_mimo
 
+    def state_norms(self, dtype=None, step_rescale=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What per-state scores need, without the dense block-diagonal B̄ and C of
+        :meth:`discretized_system`: ``lam_bar: complex [n]``, ``B_sq: real [n]`` = ‖B̄_i‖² = |B̄_{h,k}|²
+        and ``C_sq: real [d, n]`` = ‖C_i‖² = |C_{c,h,k}|², in the same state order (i = h·N/2 + k)."""
+        rescale = self.step_rescale if step_rescale is None else float(step_rescale)
+        _, lam_bar, B_bar, C = self._per_channel(rescale, dtype)
+        return lam_bar.reshape(-1), B_bar.abs().square().reshape(-1), C.abs().square().reshape(C.shape[0], -1)
+
     def param_roles(self) -> dict[str, str]:
         roles = {"A_real": "A", "A_imag": "A", "C": "C", "D": "D", "log_dt": "dt"}
         if self.trainable_B:
