@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssmlit.data.base import SequenceDataModule
+from ssmlit.pruning.callback import StatePruningCallback
 from ssmlit.utils import atomic_write_text, run_dir
 
 from .module import SequenceClassifier
@@ -73,8 +74,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("resume"))
     ckpt = callbacks[0]
     best = ckpt.best_model_path or None
-    metrics = trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
-    results = {k: float(v) for m in metrics for k, v in m.items()}
+    pruner = next((c for c in callbacks if isinstance(c, StatePruningCallback)), None)
+    if pruner is not None and pruner.schedule.at_end:
+        # The paper's protocol: the best checkpoint, validated and tested before and after pruning.
+        report = pruner.prune_after_fit(trainer, module, dm, ckpt_path=best)
+        results = report["before"] | {f"pruned/{k}": v for k, v in report["after"].items()}
+        results["pruning"] = report["plan"]
+    else:
+        metrics = trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
+        results = {k: float(v) for m in metrics for k, v in m.items()}
+        if pruner is not None:
+            results["pruning"] = pruner.history[-1] if pruner.history else None
     results |= {"best_checkpoint": best, "best_val": float(ckpt.best_model_score)
                 if ckpt.best_model_score is not None else None, "wall_time_s": round(time.time() - started, 1)}
     _report(out, results)
@@ -84,5 +94,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @rank_zero_only
 def _report(out: Path, results: dict[str, Any]) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    lines = [f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}" for k, v in results.items()]
+    lines = [f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}" for k, v in results.items()
+             if k != "pruning"]
     rank_zero_info("Results (best-val checkpoint):\n" + "\n".join(lines) + f"\n  run dir: {out}")
