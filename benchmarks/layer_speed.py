@@ -5,22 +5,20 @@
     python benchmarks/layer_speed.py --device cpu --batch 4 --reps 3
 
 Shapes follow the LAST paper's Tables 3/4 (H = 128…512, state sizes 16…384, L = 1,024 / 4,096 /
-16,384). Every measurement runs in a fresh subprocess so the peak-memory number belongs to it
-alone: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the growth of the process's peak
-resident set size (``ru_maxrss``) over its state right before the first pass.
+16,384). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (in-process, reset per row); on
+CPU every row runs in a fresh subprocess and reports the growth of its peak resident set size
+(``ru_maxrss``) over its state right before the first pass (see ``benchmarks/common.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import child_main, machine, run_isolated, timed_peak
 
 # (layer, H, state size, L): state size is S5's P_full or S4D's N per channel.
 PAPER_SHAPES = [
@@ -45,7 +43,7 @@ S5_SCANS = ["chunked", "assoc", "fft"]
 
 
 def _measure(spec: dict) -> dict:
-    """Run inside the child process: time forward+backward of one layer, report peak memory."""
+    """Time forward+backward of one layer and report its peak memory (runs in the child on CPU)."""
     import torch
 
     from ssmlit.models import S4D, S5
@@ -63,51 +61,8 @@ def _measure(spec: dict) -> dict:
     def step():
         layer.zero_grad(set_to_none=True)
         layer(u).square().mean().backward()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
 
-    # The baseline is taken before the warm-up pass: the CPU high-water mark would otherwise
-    # already contain the peak of that first pass.
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()  # warm-up (kernel selection, allocator)
-    times = []
-    for _ in range(spec["reps"]):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:  # ru_maxrss is a high-water mark: its growth over the pre-warm-up state
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"ms": 1e3 * statistics.median(times), "peak_mib": max(peak, 0) / 2**20}
-
-
-def _child() -> None:
-    spec = json.loads(sys.argv[2])
-    try:
-        print(json.dumps(_measure(spec)))
-    except RuntimeError as e:  # out of memory: report instead of failing the whole table
-        print(json.dumps({"error": str(e).splitlines()[0][:80]}))
-
-
-def machine(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return timed_peak(step, spec["device"], spec["reps"])
 
 
 def main() -> None:
@@ -136,12 +91,7 @@ def main() -> None:
         for scan in (args.scans.split(",") if layer == "s5" else ["vandermonde+fft"]):
             spec = dict(layer=layer, scan=scan, H=H, n=n, L=L, batch=batch, reps=reps, device=args.device,
                         chunk=args.chunk)
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                  capture_output=True, text=True)
-            try:
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-            except (IndexError, json.JSONDecodeError):
-                res = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]}
+            res = run_isolated(__file__, spec, _measure if gpu else None)
             rows.append(spec | res)
             if "error" in res:
                 print(f"| {layer} | {scan} | {H} | {n} | {L} | {res['error']} | |")
@@ -154,7 +104,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        _child()
+        child_main(_measure)
     else:
         main()
