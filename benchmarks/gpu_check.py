@@ -112,6 +112,8 @@ def mixed_precision_check(dev: torch.device) -> None:
 
 
 def lightning_check(dev: torch.device) -> None:
+    import tempfile
+
     import lightning.pytorch as pl
 
     from ssmlit.data import DigitsDataModule
@@ -125,7 +127,7 @@ def lightning_check(dev: torch.device) -> None:
     cuda = dev.type == "cuda"
     trainer = pl.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_epochs=6, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
-                         precision="bf16-mixed" if cuda else "32-true")
+                         precision="bf16-mixed" if cuda else "32-true", default_root_dir=tempfile.mkdtemp())
     dm = DigitsDataModule(batch_size=32)
     trainer.fit(module, datamodule=dm)
     acc = trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"]
