@@ -15,13 +15,26 @@ The model code never imports this module; ``train.py`` builds the model from ``m
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .download import (
+    DataNotFoundError,
+    DownloadError,
+    Source,
+    build_cache,
+    cache_path,
+    fetch,
+    missing_data_message,
+    read_cache_meta,
+)
 
 
 @dataclass(frozen=True)
@@ -152,3 +165,105 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.test_set, False)] + [self._loader(d, False) for _, d in self.extra_test_sets]
+
+
+def split_sizes(n: int, fracs: Sequence[float]) -> list[int]:
+    """Sizes ``[n − Σ v_i, v_1, v_2, …]`` with ``v_i = ⌊frac_i · n⌋``, the reference codes' rule.
+
+    Only when a fraction > 0 would give an empty split (tiny data sets) is it raised to 1, so every
+    requested split has at least one example; for the real data sets this never triggers.
+    """
+    held = [max(1, int(f * n)) if f > 0 and n > len(fracs) else int(f * n) for f in fracs]
+    if any(f < 0 for f in fracs) or sum(held) >= n:
+        raise ValueError(f"cannot hold out fractions {list(fracs)} of {n} examples")
+    return [n - sum(held), *held]
+
+
+def seeded_split(n: int, fracs: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Index arrays of a ``torch.utils.data.random_split`` of ``range(n)`` into :func:`split_sizes`,
+    with ``torch.Generator().manual_seed(seed)``: the same permutation as s4/S5 (seed 42 there),
+    so the examples in each split match theirs given the same dataset order. int64 [size] each."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = torch.utils.data.random_split(range(n), split_sizes(n, fracs), generator=generator)
+    return [np.asarray(p.indices, dtype=np.int64) for p in parts]
+
+
+class CachedDataModule(SequenceDataModule):
+    """A task whose raw files are found (or downloaded) beneath ``data_dir`` and preprocessed once
+    into a cache folder keyed by the preprocessing parameters (see :mod:`ssmlit.data.download`).
+
+    Subclasses set ``task_name``, ``sources`` and ``expected_files`` and implement
+    :meth:`locate_raw` (find the raw files, None if absent), :meth:`build_cache` (write arrays into
+    the new cache folder) and :meth:`setup` (open the cache with :meth:`load_cache`). Options that
+    change the cached content go into :meth:`cache_params`; options applied on the fly (normalisation,
+    permutations, splits) must not, so that they share one cache.
+
+    Args:
+        download: fetch missing raw data from ``sources`` (otherwise raise
+            :class:`~ssmlit.data.download.DataNotFoundError` naming what is missing).
+        progress: show download progress bars.
+        cache_dir: where caches live (default ``<data_dir>/cache``).
+        **kwargs: :class:`SequenceDataModule` arguments.
+    """
+
+    task_name: ClassVar[str]
+    cache_version: ClassVar[int] = 1
+    sources: ClassVar[tuple[Source, ...]] = ()
+    expected_files: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, download: bool = True, progress: bool = True,
+                 cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.download = download
+        self.progress = progress
+        self.cache_root = Path(cache_dir) if cache_dir is not None else self.data_dir / "cache"
+
+    # -- to implement ------------------------------------------------------------------------------
+    def cache_params(self) -> dict[str, Any]:
+        """Everything that changes the cached arrays (JSON-serialisable); hashed into the cache path."""
+        return {"task": self.task_name, "version": self.cache_version}
+
+    def locate_raw(self) -> Any | None:
+        """Find the raw files beneath ``data_dir``; None when they are not there."""
+        raise NotImplementedError
+
+    def build_cache(self, raw: Any, out: Path) -> Mapping[str, Any] | None:
+        """Preprocess ``raw`` (what :meth:`locate_raw` returned) into arrays in the folder ``out``;
+        return extra JSON metadata (vocabulary size, statistics, counts)."""
+        raise NotImplementedError
+
+    # -- shared machinery --------------------------------------------------------------------------
+    @property
+    def cache_path(self) -> Path:
+        return cache_path(self.cache_root, self.task_name, self.cache_params())
+
+    def missing_message(self, reason: str | None = None) -> str:
+        return missing_data_message(self.task_name, self.expected_files, self.sources, self.data_dir, reason)
+
+    def prepare_data(self) -> None:
+        """Build the cache unless it exists: find the raw files, download them if missing (when
+        ``download``), preprocess. Raises ``DataNotFoundError`` (missing, no network),
+        ``ChecksumError`` / ``ArchiveError`` (a bad download or archive; no cache is written)."""
+        if read_cache_meta(self.cache_path) is not None:
+            return  # cached: never touch (or even search for) the raw files again
+        raw = self.locate_raw()
+        if raw is None:
+            if not self.download:
+                raise DataNotFoundError(self.missing_message())
+            try:
+                for source in self.sources:
+                    fetch(source, self.data_dir, progress=self.progress)
+            except DownloadError as e:
+                raise DataNotFoundError(self.missing_message(str(e))) from e
+            raw = self.locate_raw()
+            if raw is None:
+                raise DataNotFoundError(self.missing_message("the downloaded files do not contain the expected ones"))
+        build_cache(self.cache_path, self.cache_params(), lambda out: self.build_cache(raw, out))
+
+    def load_cache(self) -> tuple[Path, dict[str, Any]]:
+        """``(cache folder, meta.json contents)``; raises if :meth:`prepare_data` has not built it."""
+        meta = read_cache_meta(self.cache_path)
+        if meta is None:
+            raise RuntimeError(f"{type(self).__name__}: no cache at {self.cache_path}; call prepare_data() first "
+                               "(train.py does, on local rank 0)")
+        return self.cache_path, meta
