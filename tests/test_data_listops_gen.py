@@ -5,10 +5,11 @@ stack, exactly as a reader of the released TSV would.
 """
 
 import csv
-import runpy
+import os
 import statistics
+import subprocess
 import sys
-import warnings
+from pathlib import Path
 
 import pytest
 
@@ -87,14 +88,16 @@ def test_lra_default_bounds():
         assert value == target and 500 < length < 2000 and depth <= 10 and widest <= 10
 
 
-def test_cli_writes_release_format_that_the_data_module_reads(tmp_path, monkeypatch):
+def test_cli_writes_release_format_that_the_data_module_reads(tmp_path):
     out = tmp_path / "data" / "listops-1000"
-    argv = ["listops", "--out", str(out), "--train", "12", "--val", "3", "--test", "4", "--seed", "5",
-            "--min-length", "10", "--max-length", "80"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
-        runpy.run_module("ssmlit.data.listops", run_name="__main__")
+    # the documented entry point, in a fresh interpreter; -W error: runpy must not warn that the
+    # package imported the module before running it
+    cmd = [sys.executable, "-W", "error::RuntimeWarning", "-m", "ssmlit.data.listops", "--out", str(out),
+           "--train", "12", "--val", "3", "--test", "4", "--seed", "5", "--min-length", "10", "--max-length", "80"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote 12 examples" in proc.stdout
     raw = (out / "basic_train.tsv").read_bytes()
     assert raw.startswith(b"Source\tTarget\r\n")  # csv.writer with a tab delimiter, as the LRA generator
     sources = set()

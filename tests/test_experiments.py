@@ -137,11 +137,13 @@ def test_experiment_runs_one_step_on_fixtures(name, fixture_data, tmp_path, monk
 
 
 def test_train_py_cli_runs_an_experiment(fixture_data, tmp_path):
-    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", *_tiny("s5/pathx", fixture_data)]
+    # the command line, `experiment=s5/pathx +prune=last prune.schedule=oneshot`, at tiny size
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", *_tiny("s5/pathx", fixture_data),
+           "+prune=last", "prune.schedule=oneshot"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert 0 <= results["test/acc"] <= 1
+    assert 0 <= results["test/acc"] <= 1 and 0 <= results["pruned/test/acc"] <= 1
     ckpt = Path(results["best_checkpoint"])
     assert ckpt.is_file() and ckpt.parent == tmp_path / "checkpoints"

@@ -17,15 +17,27 @@ Downloads, safe extraction, the raw-file search and the preprocessing cache live
 :mod:`ssmlit.data.download`.
 """
 
+from importlib import import_module
+from typing import Any
+
 from .base import CachedDataModule, EvalVariant, SequenceDataModule, default_data_dir, pad_collate, seeded_split
 from .digits import DigitsDataModule
 from .download import ArchiveError, ChecksumError, DataError, DataNotFoundError, UnsafeArchiveError
-from .images import CIFARDataModule, MNISTDataModule
-from .listops import ListOpsDataModule
-from .pathfinder import PathfinderDataModule
-from .retrieval import AANDataModule
-from .speech import SpeechCommandsDataModule
-from .text import IMDBDataModule
+
+# The task modules are imported on first use (PEP 562): importing the package stays light, and
+# `python -m ssmlit.data.listops` does not find its own module already imported by the package.
+_LAZY = {
+    "AANDataModule": "retrieval", "CIFARDataModule": "images", "IMDBDataModule": "text",
+    "ListOpsDataModule": "listops", "MNISTDataModule": "images", "PathfinderDataModule": "pathfinder",
+    "SpeechCommandsDataModule": "speech",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AANDataModule", "ArchiveError", "CIFARDataModule", "CachedDataModule", "ChecksumError", "DataError",
