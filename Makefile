@@ -1,4 +1,6 @@
-# `make run`: set up .venv and train the embedded default (S5 on digits).
+# `make run`: set up .venv, train the embedded default (S5 on digits), then run the compression study
+#             on that run (accuracy vs pruning ratio of LAST, AIRE and the baselines; automatic ratio
+#             under a 1-point validation budget; compacted checkpoint) into <run>/sweep/.
 # `make test`: set up .venv, lint, and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,8 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH) -e '.[test]'
 	touch $@
 
+# The run directory is fixed here (Hydra's own layout) so that the sweep knows which run to study.
+RUN_DIR := outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
+
 run: setup
-	$(PY) train.py
+	$(PY) train.py hydra.run.dir=$(RUN_DIR)
+	$(PY) -m ssmlit.sweep ckpt=$(RUN_DIR) select.budget=1.0
 
 lint: setup
 	$(PY) -m ruff check ssmlit train.py tests benchmarks

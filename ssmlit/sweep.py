@@ -117,7 +117,11 @@ def check_options(cfg: DictConfig) -> Options:
     if not ratios:
         raise SweepInputError("ratios must list at least one pruning ratio in [0, 1]")
     ratios = sorted(set(ratios))
-    seeds = [int(s) for s in _as_list(cfg.random_seeds, "random_seeds")] if cfg.random_seeds is not None else []
+    seeds = []
+    for s in _as_list(cfg.random_seeds, "random_seeds") if cfg.random_seeds is not None else []:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise SweepInputError(f"random_seeds must be integers, got {s!r}")
+        seeds.append(s)
     if any(METHODS[m].stochastic for m in methods) and not seeds:
         raise SweepInputError("random_seeds must list at least one seed for stochastic methods (random)")
     threshold = _number(cfg.threshold, "threshold (accuracy points)", 0.0)

@@ -281,10 +281,18 @@ def no_evaluation(monkeypatch):
     (["ratios=[-0.1]"], r"must lie in \[0, 1\]"),
     (["select.method=nope"], "unknown pruning method 'nope' in select.method"),
     (["threshold=-1"], "threshold"),
+    (["random_seeds=[a]"], "random_seeds must be integers"),
 ])
 def test_bad_options_fail_before_evaluation(study, no_evaluation, overrides, message):
     with pytest.raises(SweepInputError, match=message):
         sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", *overrides))
+
+
+def test_unknown_variant_fails_before_evaluation(study, monkeypatch):
+    # Variant names are known only once the task's data is built, but still before any forward pass.
+    monkeypatch.setattr(MaskedEvaluator, "evaluate_masks", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(SweepInputError, match=r"summary_variant='train' is not an evaluation variant.*'val', 'test'"):
+        sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", "summary_variant=train"))
 
 
 def test_bad_checkpoints_fail_with_a_clear_message(study, no_evaluation, tmp_path):
@@ -336,3 +344,43 @@ def test_summary_uses_a_strict_threshold_the_reference_ratio_and_normalized_auc(
     # Trapezoid over [0, 1]: 0.5·(90 + 89.05)/2 + 0.5·(89.05 + 50)/2 = 79.525 (mean accuracy in %).
     assert normalized_auc(curves["last"], "test") == pytest.approx(79.525)
     assert normalized_auc(curves["last"][:1], "test") is None
+
+
+# -- the evaluation loop -----------------------------------------------------------------------------------
+class _Recorder(torch.nn.Module):
+    """Logits [B, 3] = a fixed linear map of the mean input, recording every step_rescale it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 3)
+        self.seen = []
+
+    def forward(self, x, lengths=None, step_rescale=None):
+        self.seen.append(step_rescale)
+        return self.lin(x.mean(1))
+
+
+def test_evaluator_counts_exactly_and_honours_each_variants_step_rescale():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ssmlit.study.evaluate import Variant
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 5, 1, generator=g), torch.randint(0, 3, (10,), generator=g)
+    lengths = torch.full((10,), 5)
+    loader = DataLoader(TensorDataset(x, y, lengths), batch_size=4)  # 4 + 4 + 2: a ragged last batch
+    variants = [Variant("val", "val", 1.0, loader), Variant("test", "test", 1.0, loader),
+                Variant("test_8khz", "test", 2.0, loader)]
+    model = _Recorder()
+    ev = Evaluator(variants)
+    out = ev.evaluate(model)
+    assert model.seen == [1.0] * 3 + [1.0] * 3 + [2.0] * 3
+    with torch.no_grad():
+        logits = model.lin(x.mean(1))
+    assert out["test"].correct == int((logits.argmax(-1) == y).sum()) and out["test"].n == 10
+    assert out["test"].loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    assert ev.names_of("test") == ["test", "test_8khz"]
+    # Cached batches give the same numbers without touching the loader again.
+    model.seen.clear()
+    assert ev.evaluate(model, ["test"])["test"].as_dict() == out["test"].as_dict()
+    assert torch.equal(ev.logits(model, "val"), logits)
