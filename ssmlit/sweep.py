@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,8 @@ from ssmlit.study.report import (
     write_json,
 )
 from ssmlit.utils import atomic_write_text
+
+__all__ = ["Options", "check_options", "main", "run_sweep"]
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def build_evaluator(cfg: DictConfig, run: LoadedRun, device: torch.device) -> Ev
 
 # -- the job ---------------------------------------------------------------------------------------
 def run_sweep(cfg: DictConfig) -> dict[str, Any]:
-    """Run the whole study; returns what ``sweep.json`` holds (plus ``"out_dir"``)."""
+    """Run the whole study (validation of every input first); returns what ``sweep.json`` holds."""
     started = time.time()
     opts = check_options(cfg)
     run = load_run(cfg.ckpt, cfg.train_config)
@@ -208,6 +209,8 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
           f"{list(stats['state_dim'].values())}; sweeping {len(opts.methods)} methods × {len(opts.ratios)} ratios "
           f"({n_jobs} pruned models) on {variants} ({opts.device})")
 
+    if evaluator.limit_batches is not None:
+        print(f"note: eval.limit_batches={evaluator.limit_batches}: every number below is on a subset of the data")
     t0 = time.time()
     full = masked.evaluate_masks(masked.original_masks())
     print("unpruned: " + ", ".join(f"{n} acc {100 * m.acc:.2f}% loss {m.loss:.4f}" for n, m in full.items()))
@@ -345,5 +348,3 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__: Sequence[str] = ["check_options", "main", "run_sweep"]

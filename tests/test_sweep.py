@@ -243,7 +243,8 @@ def test_exported_compact_checkpoint_reproduces_the_masked_model(study):
         assert comp["compact"]["params"] < comp["full"]["params"]
     bench = comp["bench"]
     for k in ("full", "compact"):
-        assert bench[k]["samples_per_s"] > 0 and bench[k]["peak_memory_bytes"] > 0
+        peak = bench[k]["peak_memory_bytes"]  # NaN only where the torch build hides allocation events
+        assert bench[k]["samples_per_s"] > 0 and (math.isnan(peak) or peak > 0)
     # Lightning's own test loop accepts the file as ckpt_path.
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     res = trainer.test(compact, datamodule=_datamodule(study["run"]), ckpt_path=comp["path"], weights_only=True,

@@ -27,19 +27,21 @@ from .core import CurvePoint, Point
 FULL_COLOR = "0.35"
 
 
-def short_layer(name: str, i: int) -> str:
+def layer_label(i: int) -> str:
+    """Column and tick label of the i-th prunable layer (module order; names are in sweep.json)."""
     return f"L{i}"
 
 
 # -- tables ----------------------------------------------------------------------------------------
 def point_rows(points: Sequence[Point], layers: Sequence[str], variants: Sequence[str]) -> list[dict[str, Any]]:
-    """One flat row per evaluated model (the CSV)."""
+    """One flat row per evaluated model (the CSV): ``kept_L{i}`` are kept conjugate pairs (stored
+    eigenvalues) of layer i, ``state_dim_avg`` the layer average of 2 × kept."""
     rows = []
     for p in points:
         row: dict[str, Any] = dict(method=p.method, seed="" if p.seed is None else p.seed, ratio=p.ratio,
                                    achieved_ratio=round(p.achieved_ratio, 6), kept_total=sum(p.kept.values()),
                                    states_total=sum(p.total.values()), state_dim_avg=p.state_dim_avg)
-        row |= {f"kept_{short_layer(k, i)}": p.kept[k] for i, k in enumerate(layers)}
+        row |= {f"kept_{layer_label(i)}": p.kept[k] for i, k in enumerate(layers)}
         for n in variants:
             row[f"{n}_acc"] = p.metrics[n].acc
             row[f"{n}_loss"] = p.metrics[n].loss
@@ -214,7 +216,7 @@ def remaining_states_figure(
         dims = np.array([[2 * s[k] for k in layers] for s in kept[m]], dtype=float)  # [seeds, layers]
         err = dims.std(0, ddof=1) if len(dims) > 1 else None
         ax.bar(x - 0.4 + width * (j + 1.5), dims.mean(0), width, yerr=err, capsize=2, color=colors[m], label=m)
-    ax.set_xticks(x, [short_layer(k, i) for i, k in enumerate(layers)])
+    ax.set_xticks(x, [layer_label(i) for i in range(len(layers))])
     ax.set_xlabel("layer")
     ax.set_ylabel("remaining state dim")
     ax.set_title(title or f"remaining state dimension per layer at {100 * ratio:.0f}% pruning", fontsize=10)
