@@ -187,6 +187,17 @@ def find_path(root: str | os.PathLike, pattern: str, kind: str = "file", max_dep
     return hits[0] if hits else None
 
 
+def find_split_files(root: str | os.PathLike, names: Mapping[str, str]) -> dict[str, Path] | None:
+    """Split name → path of a set of files that lie side by side beneath ``root`` (e.g. a task's
+    train/val/test TSVs), located through the first one; None when no complete set is found."""
+    first = next(iter(names.values()))
+    for hit in find_paths(root, first):
+        files = {split: hit.parent / name for split, name in names.items()}
+        if all(p.is_file() for p in files.values()):
+            return files
+    return None
+
+
 # -- download -------------------------------------------------------------------------------------
 def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """MD5 hex digest of a file, read in chunks (archives are several GB)."""

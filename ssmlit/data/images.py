@@ -103,6 +103,22 @@ class PixelDataModule(CachedDataModule):
         return self.transform(x), y, lengths
 
 
+class HeldOutValidationMixin:
+    """setup() for caches with train and test splits: validation is a seeded ``val_frac`` share of
+    train, as in s4/S5 (torch ``random_split`` with the task's seed)."""
+
+    val_frac: float
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        folder, meta = self.load_cache()
+        train_idx, val_idx = seeded_split(meta["sizes"]["train"], [self.val_frac], self.seed)
+        self.train_set = PixelDataset(folder, "train", train_idx)
+        self.val_set = PixelDataset(folder, "train", val_idx)
+        self.test_set = PixelDataset(folder, "test")
+
+
 # -- MNIST ------------------------------------------------------------------------------------------
 _MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _MNIST_FILES = {  # name: (md5 of the .gz, as published by torchvision)
@@ -151,7 +167,7 @@ def bit_reversal_permutation(n: int = 784, bits: int = 10) -> np.ndarray:
     return perm
 
 
-class MNISTDataModule(PixelDataModule):
+class MNISTDataModule(HeldOutValidationMixin, PixelDataModule):
     """sMNIST / psMNIST (see module docstring). Batches: x float32 [B, 784, 1] in [0, 1],
     y long [B] in 0–9, lengths long [B] (= 784).
 
@@ -214,14 +230,6 @@ class MNISTDataModule(PixelDataModule):
             sizes[split] = len(labels)
         return {"sizes": sizes, "raw": {k: str(v) for k, v in raw.items()}}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        folder, meta = self.load_cache()
-        train_idx, val_idx = seeded_split(meta["sizes"]["train"], [self.val_frac], self.seed)
-        self.train_set = PixelDataset(folder, "train", train_idx)
-        self.val_set = PixelDataset(folder, "train", val_idx)
-        self.test_set = PixelDataset(folder, "test")
 
 
 # -- CIFAR-10 ---------------------------------------------------------------------------------------
@@ -283,7 +291,7 @@ def to_grayscale(images: np.ndarray) -> np.ndarray:
     return np.asarray(tall, dtype=np.uint8).reshape(n, h, w)
 
 
-class CIFARDataModule(PixelDataModule):
+class CIFARDataModule(HeldOutValidationMixin, PixelDataModule):
     """sCIFAR (colour) or LRA Image (``grayscale=True``), see module docstring.
 
     Batches: x float32 [B, 1024, 3] (sCIFAR) or [B, 1024, 1] (Image), normalised; with
@@ -340,11 +348,3 @@ class CIFARDataModule(PixelDataModule):
             sizes[split] = len(labels)
         return {"sizes": sizes, "raw": str(raw)}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        folder, meta = self.load_cache()
-        train_idx, val_idx = seeded_split(meta["sizes"]["train"], [self.val_frac], self.seed)
-        self.train_set = PixelDataset(folder, "train", train_idx)
-        self.val_set = PixelDataset(folder, "train", val_idx)
-        self.test_set = PixelDataset(folder, "test")

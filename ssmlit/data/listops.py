@@ -31,7 +31,7 @@ import numpy as np
 
 from ssmlit.utils import atomic_write_text
 
-from .download import DataError, Source, find_paths, save_array
+from .download import DataError, Source, find_split_files, save_array
 from .tokens import TokenDataModule, TokenDataset, ids_dtype, save_ragged
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -218,11 +218,7 @@ class ListOpsDataModule(TokenDataModule):
         super().__init__(l_max=l_max, **kwargs)
 
     def locate_raw(self) -> dict[str, Path] | None:
-        for train in find_paths(self.data_dir, SPLIT_FILES["train"]):
-            files = {s: train.parent / f for s, f in SPLIT_FILES.items()}
-            if all(p.is_file() for p in files.values()):
-                return files
-        return None
+        return find_split_files(self.data_dir, SPLIT_FILES)
 
     def build_cache(self, raw: dict[str, Path], out: Path) -> dict[str, Any]:
         splits = {s: read_listops_tsv(p) for s, p in raw.items()}

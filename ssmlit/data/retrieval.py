@@ -27,7 +27,7 @@ import numpy as np
 
 from ssmlit.utils import atomic_write_text
 
-from .download import DataError, find_paths, save_array
+from .download import DataError, find_split_files, save_array
 from .listops import LRA_SOURCE
 from .tokens import TokenDataModule, TokenDataset, ids_dtype, save_ragged
 
@@ -85,11 +85,7 @@ class AANDataModule(TokenDataModule):
         self.strict_sizes = strict_sizes
 
     def locate_raw(self) -> dict[str, Path] | None:
-        for train in find_paths(self.data_dir, SPLIT_FILES["train"]):
-            files = {s: train.parent / f for s, f in SPLIT_FILES.items()}
-            if all(p.is_file() for p in files.values()):
-                return files
-        return None
+        return find_split_files(self.data_dir, SPLIT_FILES)
 
     def build_cache(self, raw: dict[str, Path], out: Path) -> dict[str, Any]:
         keep = self.l_max - int(self.append_bos) - int(self.append_eos)
