@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -127,7 +127,6 @@ class PruningPlan:
     threshold: float | None = None
     min_states: int = 1
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layer_ratios(self) -> dict[str, float]:
