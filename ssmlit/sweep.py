@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssmlit.pruning import METHODS, plan_pruning
+from ssmlit.pruning.plots import save_figure
 from ssmlit.pruning.scores import BIDIRECTIONAL_MODES
 from ssmlit.study.checkpoint import (
     LoadedRun,
@@ -50,7 +51,6 @@ from ssmlit.study.report import (
     log_tensorboard,
     point_rows,
     remaining_states_figure,
-    save_png,
     selection_markdown,
     summary_markdown,
     write_csv,
@@ -247,7 +247,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         "remaining_states": remaining_states_figure(kept_at_plot, stats["stored_states"], plot_ratio),
     }
     for name, fig in figures.items():
-        save_png(fig, out / f"{name}.png")
+        save_figure(fig, out / f"{name}.png")
     if cfg.tensorboard:
         layer_dims = {m: {k: 2 * sum(s[k] for s in ks) / len(ks) for k in layers} for m, ks in kept_at_plot.items()}
         log_tensorboard(out / "tb", curve_map, variants, figures,

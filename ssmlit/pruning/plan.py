@@ -156,7 +156,8 @@ class PruningPlan:
         return "\n".join(lines)
 
 
-def _round_half_up(x: float) -> int:
+def round_half_up(x: float) -> int:
+    """⌊x⌉ with halves rounded up: how a ratio becomes a count of pruned states."""
     return math.floor(x + 0.5)
 
 
@@ -229,12 +230,12 @@ def plan_pruning(
     if m.scope == "uniform":
         for k in layers:
             s = scores[k]
-            want = max(total[k] - _round_half_up(r * total[k]), min_states)
+            want = max(total[k] - round_half_up(r * total[k]), min_states)
             keep = _top(s, min(want, int(active[k].sum())))  # −inf (masked) states rank last
             masks[k][keep] = True
     else:
         n_all = sum(total.values())
-        n_keep = n_all - _round_half_up(r * n_all)
+        n_keep = n_all - round_half_up(r * n_all)
         # Each layer's best min_states are kept whatever their global rank (no layer is emptied).
         rest = {}
         for k in layers:  # module order: the cross-layer tie-break

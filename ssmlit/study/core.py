@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ssmlit.pruning import PruningPlan, apply_pruning, get_method, plan_pruning, prunable_layers, state_scores
+from ssmlit.pruning.plan import round_half_up
 
 from .evaluate import Evaluator, Metrics
 
@@ -34,10 +35,6 @@ EPS_POINTS = 1e-9
 def loss_points(full: Metrics, m: Metrics) -> float:
     """Accuracy lost relative to ``full``, in percentage points (negative: a gain)."""
     return 100.0 * (full.acc - m.acc)
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)
 
 
 @dataclass
@@ -309,7 +306,7 @@ def select_ratio(
     above = [r for r in grid if r > best_r]
     if above and max_steps > 0:
         n_all = sum(best_plan.total.values())
-        lo, hi = _round_half_up(best_r * n_all), _round_half_up(above[0] * n_all)
+        lo, hi = round_half_up(best_r * n_all), round_half_up(above[0] * n_all)
         steps = 0
         while hi - lo > 1 and steps < max_steps:
             mid = (lo + hi) // 2

@@ -19,7 +19,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssmlit.pruning.plots import save_figure
 from ssmlit.utils import atomic_write_text
 
 from .core import CurvePoint, Point
@@ -230,10 +229,6 @@ def figure_rgb(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_png(fig: Figure, path: Path) -> None:
-    save_figure(fig, path)
 
 
 # -- TensorBoard -----------------------------------------------------------------------------------
