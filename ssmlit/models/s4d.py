@@ -19,6 +19,7 @@ protocol of ``ssmlit.models.base``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -182,11 +183,15 @@ class S4D(DiagonalSSM):
             n_ssm=self.n_ssm, trainable_B=self.trainable_B, step_rescale=self.step_rescale,
         )
 
-    @torch.no_grad()
-    def compact(self) -> S4D:
-        """Remove masked modes: each channel keeps its active modes (in their original order) in the
-        first slots, and the layer shrinks to the largest per-channel count. Channels with fewer
-        active modes carry masked filler slots. A and B become per-channel (n_ssm = H)."""
+    def compaction_slices(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Tensor name → how a tensor of that parameter's (or buffer's) shape maps to the compacted
+        layer (see :meth:`compact`): ``A_*`` [S, N2] and ``B`` [S, N2, 2] are first expanded to one
+        copy per channel (h → h mod S), then each channel's kept modes are gathered into the first
+        ``width`` slots; ``C`` [d, H, N2, 2] and ``state_mask`` [H·N2] are gathered the same way;
+        ``D`` and ``log_dt`` [H] are unchanged.
+
+        The same maps carry the optimizer's per-parameter state over (:mod:`ssmlit.training.surgery`).
+        """
         H, N2 = self.d_model, self.n_modes
         mask = self.state_mask.view(H, N2)
         width = int(mask.sum(1).max())
@@ -195,15 +200,32 @@ class S4D(DiagonalSSM):
         # Stable sort of "not kept" puts each channel's kept modes first, in their original order.
         order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # [H, width]
         copy = torch.arange(H, device=order.device) % self.n_ssm
-        new = S4D(**(self.config() | {"d_state": 2 * width, "n_ssm": H})).to(self.D.device)
-        new.A_real.copy_(self.A_real[copy].gather(1, order))
-        new.A_imag.copy_(self.A_imag[copy].gather(1, order))
-        new.B.copy_(self.B[copy].gather(1, order[..., None].expand(-1, -1, 2)))
-        idx = order[None, :, :, None].expand(self.C.shape[0], -1, -1, 2)
-        new.C.copy_(self.C.gather(2, idx))
-        new.D.copy_(self.D)
-        new.log_dt.copy_(self.log_dt)
-        new.state_mask.copy_(mask.gather(1, order).reshape(-1))
+
+        def shared(t: torch.Tensor) -> torch.Tensor:  # [S, N2, ...] → [H, width, ...]
+            idx = order.to(t.device)
+            idx = idx.view(H, width, *([1] * (t.dim() - 2))).expand(H, width, *t.shape[2:])
+            return t[copy.to(t.device)].gather(1, idx)
+
+        def channels(t: torch.Tensor) -> torch.Tensor:  # [d, H, N2, 2] → [d, H, width, 2]
+            idx = order.to(t.device)[None, :, :, None].expand(t.shape[0], -1, -1, t.shape[3])
+            return t.gather(2, idx)
+
+        def flat_mask(t: torch.Tensor) -> torch.Tensor:  # [H·N2] → [H·width]
+            return t.view(H, N2).gather(1, order.to(t.device)).reshape(-1)
+
+        return {"A_real": shared, "A_imag": shared, "B": shared, "C": channels, "D": torch.clone,
+                "log_dt": torch.clone, "state_mask": flat_mask}
+
+    @torch.no_grad()
+    def compact(self) -> S4D:
+        """Remove masked modes: each channel keeps its active modes (in their original order) in the
+        first slots, and the layer shrinks to the largest per-channel count. Channels with fewer
+        active modes carry masked filler slots. A and B become per-channel (n_ssm = H)."""
+        slices = self.compaction_slices()
+        width = int(self.state_mask.view(self.d_model, self.n_modes).sum(1).max())
+        new = S4D(**(self.config() | {"d_state": 2 * width, "n_ssm": self.d_model})).to(self.D.device)
+        for name, take in slices.items():
+            getattr(new, name).copy_(take(getattr(self, name)))
         return new
 
     # -- computation --------------------------------------------------------------------------

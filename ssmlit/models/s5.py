@@ -15,6 +15,7 @@ Notation follows the paper and lindermanlab/S5 (``s5/ssm.py``, ``s5/ssm_init.py`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,19 +130,35 @@ class S5(DiagonalSSM):
             step_rescale=self.step_rescale, scan=self.scan, chunk_size=self.chunk_size,
         )
 
-    @torch.no_grad()
-    def compact(self) -> S5:
+    def compaction_slices(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Tensor name → how a tensor of that parameter's (or buffer's) shape maps to the compacted
+        layer: the kept states ``keep = state_mask.nonzero()`` are taken along the state axis
+        (``Lambda_*``, ``log_step``, ``B``: [P, …] → [P_kept, …]; ``C``: [d, H, P, 2] → [d, H, P_kept, 2]).
+
+        The same maps carry the optimizer's per-parameter state (Adam moments) over to the
+        compacted layer (:mod:`ssmlit.training.surgery`), so :meth:`compact` and the optimizer
+        surgery cannot disagree.
+        """
         keep = self.state_mask.nonzero().squeeze(1)
         if keep.numel() == 0:
             raise ValueError("cannot compact an S5 layer whose states are all masked; keep at least one")
-        cfg = self.config() | {"d_state": 2 * keep.numel(), "blocks": 1}
+
+        def states(t: torch.Tensor) -> torch.Tensor:
+            return t[keep.to(t.device)]
+
+        def columns(t: torch.Tensor) -> torch.Tensor:
+            return t[:, :, keep.to(t.device)]
+
+        return {"Lambda_re": states, "Lambda_im": states, "B": states, "C": columns, "D": torch.clone,
+                "log_step": states, "state_mask": states}
+
+    @torch.no_grad()
+    def compact(self) -> S5:
+        slices = self.compaction_slices()
+        cfg = self.config() | {"d_state": 2 * self.n_active, "blocks": 1}
         new = S5(**cfg).to(self.D.device)
-        new.Lambda_re.copy_(self.Lambda_re[keep])
-        new.Lambda_im.copy_(self.Lambda_im[keep])
-        new.B.copy_(self.B[keep])
-        new.C.copy_(self.C[:, :, keep])
-        new.D.copy_(self.D)
-        new.log_step.copy_(self.log_step[keep])
+        for name, take in slices.items():
+            getattr(new, name).copy_(take(getattr(self, name)))
         return new
 
     # -- computation --------------------------------------------------------------------------

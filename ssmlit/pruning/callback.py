@@ -8,17 +8,21 @@ Usage::
     report = cb.prune_after_fit(trainer, module, dm)                 # best ckpt: val+test before/after
 
     StatePruningCallback(method="aire", ratio=0.5, schedule="gradual", start_epoch=2, end_epoch=10)
+    StatePruningCallback(method="last", keep_states=64, epoch=3, layers={"exclude": ["model.blocks.0.ssm"]})
+    StatePruningCallback(method="last", ratio=lambda epoch: min(0.6, 0.2 * epoch))
 
-During-training schedules prune at the start of their epochs (masks then stay frozen while
-training goes on). The one-shot default waits for :meth:`StatePruningCallback.prune_after_fit`,
-which ``train.py`` calls: Lightning cannot run ``trainer.validate`` from inside a fit hook, and the
-paper's protocol needs validation and test of the same weights before and after pruning.
+During-training schedules prune at the start of their epochs and, with ``compact`` (their
+default), physically remove the pruned states from the model and the optimizer state
+(:mod:`ssmlit.training.surgery`), so the epochs that follow cost less. The one-shot default
+waits for :meth:`StatePruningCallback.prune_after_fit`, which ``train.py`` calls: Lightning
+cannot run ``trainer.validate`` from inside a fit hook, and the paper's protocol needs validation
+and test of the same weights before and after pruning.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,30 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from ssmlit.training.surgery import (
+    check_compactable_strategy,
+    compact_checkpoint_file,
+    compact_during_fit,
+    compact_layers,
+)
 from ssmlit.utils import atomic_write_text
 
 from .methods import get_method
+from .options import (
+    check_keep_states,
+    check_ratio_value,
+    keep_states_ratio,
+    parse_layer_patterns,
+    ratio_function_steps,
+    select_layers,
+)
 from .plan import PruningPlan, apply_pruning, check_min_states, plan_pruning, prunable_layers
 from .plots import pole_figure, save_figure, score_figure
 from .schedule import Schedule, pruning_schedule
 from .scores import BIDIRECTIONAL_MODES
+
+DEFAULT_RATIO = 0.3
+VERBOSITY = (0, 1, 2)
 
 
 class StatePruningCallback(Callback):
@@ -43,7 +64,10 @@ class StatePruningCallback(Callback):
     Args:
         method: a name in :data:`ssmlit.pruning.METHODS` (``last``, ``aire``, ``uniform_hinf``,
             ``global_hinf``, ``uniform_magnitude``, ``global_magnitude``, ``lamp``, ``random``).
-        ratio: final fraction of all states removed, in [0, 1].
+        ratio: final fraction of the (selected layers') states removed, in [0, 1] (default 0.3);
+            or a callable ``f(epoch) -> ratio`` evaluated at the start of every epoch (see
+            :mod:`ssmlit.pruning.options`), which then is the schedule.
+        keep_states: instead of ``ratio``, the number of states kept over the whole model.
         schedule: ``oneshot``, ``iterative`` or ``gradual`` (:mod:`ssmlit.pruning.schedule`).
         epoch: oneshot epoch (None: after fit, on the best checkpoint, via :meth:`prune_after_fit`).
         epochs, ratios: iterative steps.
@@ -51,6 +75,15 @@ class StatePruningCallback(Callback):
         min_states: states every layer keeps at least (1: the paper's "100 %" keeps one pair).
         seed: seed of the ``random`` method (step j uses ``seed + j``).
         bidirectional: ‖C‖ rule for bidirectional layers: ``paper``, ``code`` or ``bound``.
+        compact: after each during-training step, remove the pruned states from the model and
+            carry the optimizer state over (None: true for during-training schedules; false keeps
+            masks only). Not applicable to the after-fit one-shot (see ``compact_at_end``).
+        compact_at_end: when the schedule is done, compact the model and every checkpoint file of
+            the run's ModelCheckpoint callbacks (after fit for the after-fit one-shot: the pruned
+            model is saved compacted as ``<checkpoint dir>/pruned.ckpt``).
+        layers: ``{"include": [...], "exclude": [...]}`` fnmatch patterns over layer names (or a
+            list of include patterns); excluded layers neither lose states nor enter the ranking.
+        verbose: 0 nothing, 1 a one-line summary per step, 2 the per-layer table.
         reset_best_checkpoint: after a during-training step, make ModelCheckpoint forget earlier
             (less pruned) bests, so "best" means best at the current sparsity.
         plots: write the score and pole figures (PNG, and TensorBoard when that logger is used).
@@ -61,7 +94,7 @@ class StatePruningCallback(Callback):
     def __init__(
         self,
         method: str = "last",
-        ratio: float = 0.3,
+        ratio: float | Callable[[int], float] | None = None,
         schedule: str = "oneshot",
         epoch: int | None = None,
         epochs: Sequence[int] | None = None,
@@ -76,6 +109,11 @@ class StatePruningCallback(Callback):
         reset_best_checkpoint: bool = True,
         plots: bool = True,
         out_dir: str | None = None,
+        keep_states: int | None = None,
+        compact: bool | None = None,
+        compact_at_end: bool = False,
+        layers: Any = None,
+        verbose: int = 2,
     ) -> None:
         super().__init__()
         get_method(method)  # unknown names fail here, before any training
@@ -83,17 +121,61 @@ class StatePruningCallback(Callback):
             raise ValueError(f"unknown bidirectional mode {bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
         if isinstance(min_states, bool) or not isinstance(min_states, int) or min_states < 1:
             raise ValueError(f"min_states must be an integer >= 1, got {min_states!r}")
+        self.keep_states = check_keep_states(keep_states)
+        if self.keep_states is not None and ratio is not None:
+            raise ValueError(f"give either ratio ({ratio!r}) or keep_states ({keep_states}), not both")
+        if self.keep_states is not None and ratios is not None:
+            raise ValueError("keep_states sets the final target; it cannot be combined with explicit iterative ratios")
+        self.ratio_fn: Callable[[int], float] | None = None
+        if callable(ratio):
+            if schedule != "oneshot" or epoch is not None:
+                raise ValueError(f"a ratio function of the epoch is its own schedule (evaluated at every epoch "
+                                 f"start); leave schedule at 'oneshot' and epoch at null, got schedule={schedule!r}, "
+                                 f"epoch={epoch!r}")
+            self.ratio_fn = ratio
+            check_ratio_value(ratio(0), 0)  # a broken function fails here, before any training
+            ratio = 0.0
+        elif ratio is None:
+            ratio = 1.0 if self.keep_states is not None else DEFAULT_RATIO  # keep_states: resolved in setup()
+        for name, flag in (("compact_at_end", compact_at_end), ("reset_best_checkpoint", reset_best_checkpoint),
+                           ("plots", plots)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if compact is not None and not isinstance(compact, bool):
+            raise ValueError(f"compact must be true, false or null (true for during-training schedules), "
+                             f"got {compact!r}")
+        if isinstance(verbose, bool) or verbose not in VERBOSITY:
+            raise ValueError(f"verbose must be one of {VERBOSITY} (nothing, one-line summary, per-layer table), "
+                             f"got {verbose!r}")
+        self.include, self.exclude = parse_layer_patterns(layers)
         self.method, self.ratio, self.min_states, self.seed = method, float(ratio), min_states, seed
         self.bidirectional, self.reset_best_checkpoint, self.plots = bidirectional, reset_best_checkpoint, plots
-        self.out_dir = out_dir
+        self.out_dir, self.compact_at_end, self.verbose = out_dir, compact_at_end, verbose
         self._schedule_args = dict(epoch=epoch, epochs=list(epochs) if epochs is not None else None,
                                    ratios=list(ratios) if ratios is not None else None,
                                    start_epoch=start_epoch, end_epoch=end_epoch, frequency=frequency,
                                    initial_ratio=initial_ratio)
-        self.schedule: Schedule = pruning_schedule(schedule, ratio, **self._schedule_args)
+        self.schedule: Schedule = self._build_schedule(schedule, None)
+        if compact and self.schedule.at_end:
+            raise ValueError("compact=true compacts during training, but this schedule prunes after fit; use "
+                             "compact_at_end=true to save the pruned model compacted")
+        self.compact = (not self.schedule.at_end) if compact is None else compact
         self.done: list[int] = []  # epochs whose step has run (the schedule position, checkpointed)
         self.history: list[dict[str, Any]] = []
         self.last_plan: PruningPlan | None = None
+        self.selected: list[str] | None = None  # layer names taking part (resolved in setup)
+        self.totals: dict[str, int] | None = None  # each layer's state count before any compaction
+        self.compacted_checkpoint: str | None = None
+        self._poles: dict[str, torch.Tensor] = {}
+
+    def _build_schedule(self, kind: str, max_epochs: int | None) -> Schedule:
+        if self.ratio_fn is None:
+            return pruning_schedule(kind, self.ratio, max_epochs=max_epochs, **self._schedule_args)
+        if max_epochs is None:
+            return Schedule("function", ())
+        if max_epochs < 1:
+            raise ValueError("a ratio function of the epoch needs a finite trainer.max_epochs")
+        return Schedule("function", ratio_function_steps(self.ratio_fn, max_epochs))
 
     @property
     def state_key(self) -> str:
@@ -102,18 +184,27 @@ class StatePruningCallback(Callback):
     # -- validation before training --------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         layers = prunable_layers(pl_module)
-        check_min_states(layers, self.min_states)
+        if self.totals is None:
+            # setup runs before a resumed checkpoint is restored, so these are the original sizes
+            self.totals = {k: layer.n_states for k, layer in layers.items()}
+        self.selected = select_layers(list(layers), self.include, self.exclude)
+        check_min_states({k: layers[k] for k in self.selected}, self.min_states)
+        if self.keep_states is not None:
+            self.ratio = keep_states_ratio(self.keep_states, self.totals, self.selected, self.min_states)
         if stage == "fit":
-            self.schedule = pruning_schedule(self.schedule.kind, self.ratio, max_epochs=trainer.max_epochs,
-                                             **self._schedule_args)
+            self.schedule = self._build_schedule(self.schedule.kind, trainer.max_epochs)
+            if self.compact:
+                check_compactable_strategy(trainer.strategy)
 
     # -- checkpointed schedule position ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"done": list(self.done), "history": list(self.history)}
+        return {"done": list(self.done), "history": list(self.history), "totals": dict(self.totals or {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.done = [int(e) for e in state_dict.get("done", [])]
         self.history = list(state_dict.get("history", []))
+        if state_dict.get("totals"):
+            self.totals = {str(k): int(v) for k, v in state_dict["totals"].items()}
 
     # -- during training -------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -133,16 +224,38 @@ class StatePruningCallback(Callback):
                     cb.best_model_score = cb.kth_value = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.schedule.at_end and self.last_plan is not None:
+        if self.schedule.at_end:
+            return
+        if self.compact_at_end:
+            self._compact_at_end(trainer, pl_module)
+        if self.last_plan is not None:
             self._write_outputs(trainer, pl_module, {})
+
+    def _compact_at_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Compact the model in memory and every checkpoint file the run's ModelCheckpoints track."""
+        changed = compact_during_fit(trainer, pl_module)
+        files = sorted({p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+                        for p in (*cb.best_k_models, cb.last_model_path) if p and Path(p).is_file()})
+        if trainer.is_global_zero:
+            for f in files:
+                compact_checkpoint_file(f)
+        trainer.strategy.barrier("compact_at_end")
+        if self.verbose and (changed or files):
+            rank_zero_info(f"compact_at_end: model compacted ({self._sizes(changed)}); rewrote {len(files)} "
+                           f"checkpoint file(s) compacted")
 
     # -- the pruning step ------------------------------------------------------------------------
     @torch.no_grad()
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ratio: float, epoch: int,
               verbose: bool = True) -> PruningPlan:
-        """Plan on rank 0's view, broadcast the masks so every rank holds the same ones, apply, log."""
+        """Plan on rank 0's view, broadcast the masks so every rank holds the same ones, apply, log,
+        and (``compact``, during fit) remove the pruned states from the model and optimizer."""
+        if self.selected is None or self.totals is None:
+            self.setup(trainer, pl_module, "prune")
+        layers = prunable_layers(pl_module)
+        totals = {k: self.totals.get(k, layer.n_states) for k, layer in layers.items()}
         plan = plan_pruning(pl_module, self.method, ratio, self.min_states, seed=self.seed + len(self.history),
-                            bidirectional=self.bidirectional)
+                            bidirectional=self.bidirectional, layers=self.selected, totals=totals)
         # Under DDP the parameters are identical on every rank, but a score's last bit may not be
         # (different kernels, reductions); one source of truth removes any doubt.
         plan.masks = trainer.strategy.broadcast(plan.masks, src=0)
@@ -150,17 +263,36 @@ class StatePruningCallback(Callback):
         plan.achieved_ratio = 1 - sum(plan.kept.values()) / sum(plan.total.values())
         apply_pruning(pl_module, plan)
         self.last_plan = plan
+        self._poles = {name: _poles(layer).detach().cpu() for name, layer in layers.items()}  # before compaction
+        compacted = {}
+        if self.compact and trainer.training:
+            compacted = compact_during_fit(trainer, pl_module)
         record = dict(epoch=int(epoch), global_step=int(trainer.global_step), **plan.summary())
+        if compacted:
+            record["compacted"] = {k: list(v) for k, v in compacted.items()}
         self.history.append(record)
         metrics = {"prune/achieved_ratio": plan.achieved_ratio, "prune/requested_ratio": plan.ratio}
         for name in plan.kept:
             metrics[f"prune/remaining/{name}"] = float(plan.kept[name])
             metrics[f"prune/kept_frac/{name}"] = plan.kept[name] / plan.total[name]
+        for name, layer in prunable_layers(pl_module).items():
+            metrics[f"prune/stored/{name}"] = float(layer.n_states)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        if verbose:
-            rank_zero_info(f"[before epoch {epoch}] " + plan.table())
+        if verbose and self.verbose:
+            head = f"[before epoch {epoch}] "
+            rank_zero_info(head + (plan.table() if self.verbose >= 2 else self._summary_line(plan))
+                           + (f"\n  compacted: {self._sizes(compacted)}" if compacted else ""))
         return plan
+
+    @staticmethod
+    def _summary_line(plan: PruningPlan) -> str:
+        return (f"pruning ({plan.method}): kept {sum(plan.kept.values())} / {sum(plan.total.values())} states, "
+                f"achieved ratio {plan.achieved_ratio:.4f} (requested {plan.ratio:.4f})")
+
+    @staticmethod
+    def _sizes(changed: dict[str, tuple[int, int]]) -> str:
+        return ", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing to remove"
 
     # -- one-shot after fit (the paper's protocol) -----------------------------------------------
     def prune_after_fit(
@@ -183,13 +315,35 @@ class StatePruningCallback(Callback):
         plan = self.prune(trainer, pl_module, self.ratio, epoch=trainer.current_epoch, verbose=False)
         self.done.append(-1)
         after = self._evaluate(trainer, pl_module, datamodule, None)
-        rank_zero_info(plan.table(before=before, after=after))
+        if self.verbose >= 2:
+            rank_zero_info(plan.table(before=before, after=after))
+        elif self.verbose:
+            rank_zero_info(self._summary_line(plan) + "; " + "  ".join(
+                f"{k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before if k.endswith("/acc") and k in after))
         for logger in trainer.loggers:
             logger.log_metrics({f"prune/before/{k}": v for k, v in before.items()}
                                | {f"prune/after/{k}": v for k, v in after.items()}, step=trainer.global_step)
         report = {"before": before, "after": after, "plan": plan.summary()}
+        if self.compact_at_end:
+            report["compacted_checkpoint"] = self._save_pruned_compact(trainer, pl_module)
         self._write_outputs(trainer, pl_module, report)
         return report
+
+    def _save_pruned_compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """Compact the pruned model in place and save it (weights only) next to the run's checkpoints."""
+        result = compact_layers(pl_module)
+        sync = getattr(pl_module, "sync_ssm_hparams", None)
+        if callable(sync):
+            sync()
+        ckpt_cb = trainer.checkpoint_callback
+        folder = Path(ckpt_cb.dirpath) if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.dirpath \
+            else Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / "pruned.ckpt"
+        trainer.save_checkpoint(path, weights_only=True)
+        self.compacted_checkpoint = str(path)
+        if self.verbose:
+            rank_zero_info(f"compact_at_end: pruned model compacted ({self._sizes(result.layers)}), saved to {path}")
+        return str(path)
 
     @staticmethod
     def _evaluate(trainer, pl_module, datamodule, ckpt_path) -> dict[str, float]:
@@ -211,12 +365,14 @@ class StatePruningCallback(Callback):
         out = self._out_dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
         summary = dict(method=self.method, schedule=self.schedule.kind, ratio=self.ratio, steps=self.history,
-                       final=plan.summary() if plan else None, **{k: v for k, v in report.items() if k != "plan"})
+                       final=plan.summary() if plan else None, compact=self.compact,
+                       compact_at_end=self.compact_at_end, layers=self.selected,
+                       **{k: v for k, v in report.items() if k != "plan"})
         atomic_write_text(out / "pruning_summary.json", json.dumps(summary, indent=2))
         if not self.plots or plan is None:
             return
         title = f"{self.method}: {100 * plan.achieved_ratio:.1f}% of states pruned"
-        poles = {name: _poles(layer) for name, layer in prunable_layers(pl_module).items()}
+        poles = self._poles or {name: _poles(layer) for name, layer in prunable_layers(pl_module).items()}
         figures = {"scores": score_figure(plan.scores, plan.masks, title),
                    "poles": pole_figure(poles, plan.masks, title)}
         for name, fig in figures.items():

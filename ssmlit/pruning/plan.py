@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,8 @@ def plan_pruning(
     bidirectional: str = "paper",
     step_rescale: float | None = None,
     scores: dict[str, torch.Tensor] | None = None,
+    layers: Collection[str] | None = None,
+    totals: Mapping[str, int] | None = None,
 ) -> PruningPlan:
     """Decide which states to keep so that a fraction ``ratio`` of all states is pruned.
 
@@ -209,6 +212,12 @@ def plan_pruning(
         bidirectional, step_rescale: passed to :func:`state_scores`.
         scores: precomputed :func:`state_scores` of this model and method (a sweep computes them
             once and plans many ratios).
+        layers: names of the layers to prune (default: all). The others keep their masks and take
+            no part in the ranking; ``ratio`` is then the fraction of the selected layers' states.
+        totals: layer name → the state count ``ratio`` refers to (default: the stored count). A
+            model compacted during training stores fewer states than it started with; passing the
+            original counts keeps r the fraction of the *original* states removed (the plan's
+            ``total`` and ``achieved_ratio`` then refer to them too).
 
     Returns:
         a :class:`PruningPlan`; the model is not modified (see :func:`apply_pruning`).
@@ -216,14 +225,20 @@ def plan_pruning(
     r = _check_ratio(ratio)
     m = get_method(method)
     name = method if isinstance(method, str) else m.description or "custom"
-    layers = prunable_layers(model)
+    all_layers = prunable_layers(model)
+    unknown = sorted(set(layers or ()) - set(all_layers))
+    if unknown or (layers is not None and not layers):
+        raise ValueError(f"layers={sorted(layers or ())} must name some of the model's prunable layers "
+                         f"{sorted(all_layers)}; unknown: {unknown}")
+    layers = {k: v for k, v in all_layers.items() if layers is None or k in layers}
     check_min_states(layers, min_states)
     if scores is None:
         scores = state_scores(model, m, seed=seed, bidirectional=bidirectional, step_rescale=step_rescale)
-    if set(scores) != set(layers):
-        raise ValueError(f"scores cover layers {sorted(scores)}, the model has {sorted(layers)}")
+    if set(scores) != set(all_layers):
+        raise ValueError(f"scores cover layers {sorted(scores)}, the model has {sorted(all_layers)}")
     active = {k: layer.state_mask.detach().cpu().clone() for k, layer in layers.items()}
-    total = {k: int(a.numel()) for k, a in active.items()}
+    stored = {k: int(a.numel()) for k, a in active.items()}
+    total = {k: int(totals[k]) if totals is not None else stored[k] for k in active}
     masks = {k: torch.zeros_like(a) for k, a in active.items()}
     threshold = None
 
@@ -249,11 +264,15 @@ def plan_pruning(
             flat = torch.cat(list(rest.values()))  # layer order, then state index: the tie-break
             chosen = _top(flat, budget)
             threshold = float(flat[chosen[-1]])
-            offsets = torch.cumsum(torch.tensor([0] + [total[k] for k in rest]), 0)
+            offsets = torch.cumsum(torch.tensor([0] + [stored[k] for k in rest]), 0)
             for i, k in enumerate(rest):
                 local = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
                 masks[k][local] = True
 
+    # Unselected layers keep their masks, in module order with the others.
+    masks = {k: masks[k] if k in masks else layer.state_mask.detach().cpu().clone() for k, layer in all_layers.items()}
+    total = {k: total[k] if k in total else int(totals[k]) if totals is not None else int(masks[k].numel())
+             for k in masks}
     kept = {k: int(v.sum()) for k, v in masks.items()}
     achieved = 1 - sum(kept.values()) / sum(total.values())
     return PruningPlan(method=name, ratio=r, masks=masks, scores=scores, kept=kept, total=total,

@@ -88,15 +88,34 @@ class SequenceClassifier(pl.LightningModule):
         self._step(batch, name, rescale)
 
     # -- optimization ---------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def make_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over :func:`~ssmlit.training.optim.param_groups` of the current model."""
         o = self.hparams.optim
         groups = param_groups(self.model, o["lr"], o["ssm_lr"], o["weight_decay"], o["opt_config"], o["dt_global"])
-        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+        return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        optimizer = self.make_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = round(o["warmup_epochs"] * total / epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, o["min_lr_ratio"]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- compacted shapes in checkpoints ---------------------------------------------------------
+    def sync_ssm_hparams(self) -> None:
+        """Record each block's current SSM config (state sizes after compaction) in the
+        hyper-parameters, so ``load_from_checkpoint`` rebuilds the compacted shapes."""
+        self.hparams["model"] = dict(self.hparams["model"]) | {"ssm": [s.config() for s in self.model.ssm_layers()]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before loading weights and building optimizers (resume=, ckpt_path=):
+        # a checkpoint written after compaction needs its per-layer state sizes first.
+        from .surgery import match_checkpoint_shapes
+
+        if match_checkpoint_shapes(self.model, checkpoint):
+            self.sync_ssm_hparams()
 
     # -- reporting ------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
