@@ -56,7 +56,7 @@ from ssmlit.study.report import (
     write_csv,
     write_json,
 )
-from ssmlit.utils import atomic_write_text
+from ssmlit.utils import atomic_write_text, config_dir
 
 __all__ = ["Options", "check_options", "main", "run_sweep"]
 
@@ -336,7 +336,7 @@ def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: M
     return sel
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sweep")
 def main(cfg: DictConfig) -> None:
     try:
         run_sweep(cfg)

@@ -38,3 +38,14 @@ def run_dir() -> Path:
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
     return Path.cwd()
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: ``ssmlit/conf`` in an installed wheel (``setup.py`` maps the
+    repository's top-level ``conf/`` there), else ``conf/`` next to the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "conf", here.parent / "conf"):
+        if (cand / "config.yaml").is_file():
+            return cand
+    raise FileNotFoundError(f"ssmlit's Hydra configs are missing: looked for {here / 'conf'} and "
+                            f"{here.parent / 'conf'}")

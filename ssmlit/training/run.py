@@ -19,6 +19,7 @@ from ssmlit.data.base import SequenceDataModule
 from ssmlit.pruning.callback import StatePruningCallback
 from ssmlit.utils import atomic_write_text, run_dir
 
+from .launch import log_hparams
 from .module import SequenceClassifier
 
 
@@ -87,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results["pruning"] = pruner.history[-1] if pruner.history else None
     results |= {"best_checkpoint": best, "best_val": float(ckpt.best_model_score)
                 if ckpt.best_model_score is not None else None, "wall_time_s": round(time.time() - started, 1)}
+    log_hparams(trainer.loggers, cfg, results)
     _report(out, results)
     return results
 
