@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import lzma
@@ -185,6 +186,32 @@ def find_path(root: str | os.PathLike, pattern: str, kind: str = "file", max_dep
     if len(hits) > 1:
         log.info("several matches for %s beneath %s; using %s", pattern, root, hits[0])
     return hits[0] if hits else None
+
+
+def in_lra_inner_copy(path: Path) -> bool:
+    """Whether ``path`` lies beneath ``lra_release/lra_release/``, the copy of the LRA release that
+    the S4 and S5 loaders read (the archive also holds outer ``lra_release/<task>`` folders)."""
+    parts = Path(path).parts
+    return any(a == b == "lra_release" for a, b in itertools.pairwise(parts))
+
+
+def choose_copy(candidates: Sequence[Path], what: str) -> Path | None:
+    """Of several folders holding the same data, the one beneath ``lra_release/lra_release/`` (what
+    the reference loaders read), else the shallowest (``candidates`` come shallowest first). Logs
+    which copy is read, and warns when there are others (they may differ: the outer Pathfinder
+    folders of the release are reported to hold other data, and a generated ListOps is not LRA's)."""
+    if not candidates:
+        return None
+    inner = [c for c in candidates if in_lra_inner_copy(c)]
+    chosen = inner[0] if inner else candidates[0]
+    others = [str(c) for c in candidates if c != chosen]
+    if others:
+        why = "the copy the S4/S5 reference loaders read" if inner else "the shallowest"
+        log.warning("%s: %d copies found; reading %s (%s), not %s", what, len(candidates), chosen, why,
+                    ", ".join(others))
+    else:
+        log.info("%s: reading %s", what, chosen)
+    return chosen
 
 
 def find_split_files(root: str | os.PathLike, names: Mapping[str, str]) -> dict[str, Path] | None:

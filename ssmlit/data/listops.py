@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import random
 import statistics
 from collections import Counter
@@ -31,8 +32,10 @@ import numpy as np
 
 from ssmlit.utils import atomic_write_text
 
-from .download import DataError, Source, find_split_files, save_array
+from .download import DataError, Source, choose_copy, find_paths, save_array
 from .tokens import TokenDataModule, TokenDataset, ids_dtype, save_ragged
+
+log = logging.getLogger(__name__)
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -218,7 +221,12 @@ class ListOpsDataModule(TokenDataModule):
         super().__init__(l_max=l_max, **kwargs)
 
     def locate_raw(self) -> dict[str, Path] | None:
-        return find_split_files(self.data_dir, SPLIT_FILES)
+        # A generated set (`python -m ssmlit.data.listops --out <data_dir>/listops-1000`) and the LRA
+        # release's copy may both lie beneath data_dir: read the release's, and say so.
+        folders = [hit.parent for hit in find_paths(self.data_dir, SPLIT_FILES["train"])
+                   if all((hit.parent / name).is_file() for name in SPLIT_FILES.values())]
+        chosen = choose_copy(folders, "listops")
+        return None if chosen is None else {split: chosen / name for split, name in SPLIT_FILES.items()}
 
     def build_cache(self, raw: dict[str, Path], out: Path) -> dict[str, Any]:
         splits = {s: read_listops_tsv(p) for s, p in raw.items()}
@@ -238,7 +246,8 @@ class ListOpsDataModule(TokenDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        folder, _ = self.load_cache()
+        folder, meta = self.load_cache()
+        log.info("listops: cache %s, built from %s", folder, (meta.get("raw") or {}).get("train", "?"))
         self.load_vocab(folder)
         self.train_set, self.val_set, self.test_set = (TokenDataset(folder, s) for s in SPLIT_FILES)
 

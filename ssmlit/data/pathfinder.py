@@ -16,6 +16,7 @@ hard set) is used. Path-X is ``pathfinder128``.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .base import seeded_split
-from .download import DataError, find_paths, open_array, save_array
+from .download import DataError, choose_copy, find_paths, open_array, save_array
 from .images import PixelDataModule, PixelDataset, PixelTransform
 from .listops import LRA_SOURCE
+
+log = logging.getLogger(__name__)
 
 
 def read_pathfinder_metadata(folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -107,10 +110,11 @@ class PathfinderDataModule(PixelDataModule):
         return super().cache_params() | {"resolution": self.resolution, "difficulty": self.difficulty}
 
     def locate_raw(self) -> Path | None:
-        for root in find_paths(self.data_dir, f"pathfinder{self.resolution}", kind="dir"):
-            if (root / self.difficulty / "metadata").is_dir():
-                return root / self.difficulty
-        return None
+        # The release holds lra_release/pathfinder* and lra_release/lra_release/pathfinder*; the S4/S5
+        # loaders read only the inner copy (LRA issues #11, #38: the outer one differs), so prefer it.
+        roots = find_paths(self.data_dir, f"pathfinder{self.resolution}", kind="dir")
+        found = [root / self.difficulty for root in roots if (root / self.difficulty / "metadata").is_dir()]
+        return choose_copy(found, f"pathfinder{self.resolution}/{self.difficulty}")
 
     def build_cache(self, raw: Path, out: Path) -> dict[str, Any]:
         paths, labels = read_pathfinder_metadata(raw)
@@ -135,5 +139,6 @@ class PathfinderDataModule(PixelDataModule):
         if self.train_set is not None:
             return
         folder, meta = self.load_cache()
+        log.info("pathfinder%d: cache %s, built from %s", self.resolution, folder, meta.get("raw", "?"))
         train, val, test = seeded_split(meta["size"], [self.val_frac, self.test_frac], self.seed)
         self.train_set, self.val_set, self.test_set = (PixelDataset(folder, "all", idx) for idx in (train, val, test))
