@@ -35,3 +35,4 @@ test: lint
 bench: setup
 	$(PY) benchmarks/layer_speed.py --quick
 	$(PY) benchmarks/prune_speed.py --quick
+	$(PY) benchmarks/train_speed.py --quick
