@@ -76,6 +76,13 @@ def layer_checks(dev: torch.device) -> None:
                 with torch.no_grad():
                     y = layer.to(dev)(u.to(dev)).cpu()
                 check(f"S4D bi={bidirectional} {disc} [{tag}]", rel_err(y, ref), 1e-4 if not tf32 else 1e-2)
+            # state-spaces/s4's shifted anti-causal kernel (reference: the protocol with backward_delay 1)
+            torch.manual_seed(0)
+            layer = S4D(16, 64, bidirectional=True, bidirectional_convention="s4")
+            ref = recurrence_output(layer, u)
+            with torch.no_grad():
+                y = layer.to(dev)(u.to(dev)).cpu()
+            check(f"S4D s4-convention [{tag}]", rel_err(y, ref), 1e-4 if not tf32 else 1e-2)
     torch.backends.cuda.matmul.allow_tf32 = False
 
 

@@ -9,7 +9,8 @@ import torch
 @torch.no_grad()
 def recurrence_output(layer, u: torch.Tensor, keep: torch.Tensor | None = None,
                       step_rescale: float | None = None) -> torch.Tensor:
-    """y_k = 2·Re(C[0] x_k + C[1] x'_k) + D⊙u_k in complex128 with a Python loop over time.
+    """y_k = 2·Re(C[0] x_k + C[1] x'_{k+δ}) + D⊙u_k in complex128 with a Python loop over time
+    (δ = ``layer.backward_delay``: 0, or 1 for s4's shifted anti-causal kernel; x'_L = 0).
 
     ``keep`` (bool [n]) selects the states that exist; default: the layer's ``state_mask``. States
     not kept are *deleted* from the system (rows of B̄, columns of C, entries of λ̄), not zeroed.
@@ -32,7 +33,11 @@ def recurrence_output(layer, u: torch.Tensor, keep: torch.Tensor | None = None,
 
     xs = [run(drive)]
     if C.shape[0] == 2:
-        xs.append(run(drive.flip(1)).flip(1))
+        back = run(drive.flip(1)).flip(1)
+        delay = getattr(layer, "backward_delay", 0)
+        if delay:
+            back = torch.cat((back[:, delay:], torch.zeros_like(back[:, :delay])), 1)
+        xs.append(back)
     y = sum(2 * torch.einsum("hn,bln->blh", C[d], xs[d]).real for d in range(len(xs)))
     return y + layer.D.detach().double() * u64
 

@@ -51,23 +51,34 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("SSMLIT_DATA", "data"))
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad variable-length ``(x, y)`` samples to the longest in the batch.
+def pad_collate(
+    batch: list[tuple[torch.Tensor, int]], length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad variable-length ``(x, y)`` samples to the longest in the batch, or to ``length``.
 
     ``x`` is [L_i] (tokens) or [L_i, d] (reals); in retrieval mode [2, L_i(, d)] per sample, where
     the pair's own padding is already applied and lengths are carried as a third element.
+    ``length`` (≥ every L_i) pads to a fixed size instead (S5 pads token tasks to l_max).
     """
     xs = [b[0] for b in batch]
     ys = torch.as_tensor([int(b[1]) for b in batch], dtype=torch.long)
     if len(batch[0]) == 3:  # (x, y, lengths) already known per sample (retrieval pairs)
         lengths = torch.stack([torch.as_tensor(b[2], dtype=torch.long) for b in batch])
-        L = max(x.shape[1] for x in xs)
+        L = _padded_length(max(x.shape[1] for x in xs), length)
         x = torch.stack([torch.nn.functional.pad(x, _pad_spec(x, 1, L)) for x in xs])
         return x, ys, lengths
     lengths = torch.as_tensor([x.shape[0] for x in xs], dtype=torch.long)
-    L = int(lengths.max())
+    L = _padded_length(int(lengths.max()), length)
     x = torch.stack([torch.nn.functional.pad(x, _pad_spec(x, 0, L)) for x in xs])
     return x, ys, lengths
+
+
+def _padded_length(longest: int, length: int | None) -> int:
+    if length is None:
+        return longest
+    if longest > length:
+        raise ValueError(f"a sample of length {longest} does not fit the fixed padded length {length}")
+    return length
 
 
 def _pad_spec(x: torch.Tensor, time_dim: int, L: int) -> tuple[int, ...]:

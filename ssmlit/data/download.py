@@ -11,8 +11,10 @@ Every task data module goes through this one module:
    renamed to its final name, so a file with the final name is always complete.
 3. **Extraction** (:func:`safe_extract`): tar (any compression) or zip, into a temporary folder
    next to the target that is renamed into place when complete. Members that would land outside
-   the target (absolute paths, ``..``), links and device/FIFO members are rejected; a truncated or
-   corrupt archive raises :class:`ArchiveError` naming the file.
+   the target (absolute paths, ``..``) and device/FIFO members are rejected; tar links are allowed
+   when their targets stay inside the extraction folder (hard links become copies), others are
+   rejected, as are zip symlinks; a truncated or corrupt archive raises :class:`ArchiveError`
+   naming the file.
 4. **Cache** (:func:`build_cache`): each task preprocesses once into
    ``<cache_root>/<task>-<hash of the preprocessing parameters>/`` (compact NumPy ``.npy`` arrays
    loaded with ``mmap_mode="r"``, plus ``meta.json``). The folder is written under a temporary name
@@ -78,7 +80,7 @@ class ArchiveError(DataError):
 
 
 class UnsafeArchiveError(ArchiveError):
-    """An archive member would escape the target folder or is a link/device."""
+    """An archive member would escape the target folder, links outside it, or is a device."""
 
 
 # -- sources --------------------------------------------------------------------------------------
@@ -340,30 +342,80 @@ def _member_path(name: str, archive: Path) -> PurePosixPath | None:
     return rel if rel.parts else None
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, with every symbolic link on it resolved, lies in ``root`` (a resolved path)."""
+    real = Path(os.path.realpath(path))
+    return real == root or root in real.parents
+
+
+def _link_target(linkname: str, archive: Path, member: str) -> PurePosixPath:
+    """A link's target as written in the archive; absolute targets are refused, relative ones
+    (``..`` included) are resolved and checked by the caller."""
+    rel = PurePosixPath(linkname)
+    if linkname.startswith(("/", "\\")) or (len(linkname) > 1 and linkname[1] == ":"):
+        raise UnsafeArchiveError(f"{archive}: member {member!r} links to the absolute path {linkname!r}; "
+                                 "refusing to extract")
+    return rel
+
+
 def _extract_tar(archive: Path, out: Path) -> None:
     # One streaming pass: each member is checked before anything of it is written, and everything is
-    # written below `out`, a temporary folder the caller deletes on failure.
+    # written below `out`, a temporary folder the caller deletes on failure. Links must resolve
+    # inside `out`: a symbolic link is created as is (and checked again once every member exists,
+    # since a later link can change what an earlier one's path resolves to), a hard link becomes a
+    # copy of the file it names, which must have been extracted before it.
+    root = Path(os.path.realpath(out))
+    symlinks: list[tuple[Path, str]] = []
     with tarfile.open(archive, "r:*") as tf:
         for member in tf:
             rel = _member_path(member.name, archive)
-            if member.issym() or member.islnk():
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link (to {member.linkname!r}); "
-                                         "links are refused")
-            if not (member.isfile() or member.isdir()):
+            if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                 raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device, FIFO or other special "
                                          "file; refusing to extract")
             if rel is None:
+                if member.issym() or member.islnk():
+                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} would replace the target folder "
+                                             "by a link; refusing to extract")
                 continue
             target = out / rel
+            if not _inside(target.parent, root):
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} would be written through a link that "
+                                         "leaves the target folder; refusing to extract")
+            if target.is_symlink():
+                target.unlink()  # a later member replaces a link; never write through it
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            if member.issym():
+                linkname = _link_target(member.linkname, archive, member.name).as_posix()
+                if not _inside(target.parent / linkname, root):
+                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link to {member.linkname!r}, "
+                                             "outside the target folder; refusing to extract")
+                os.symlink(linkname, target)
+                symlinks.append((target, member.linkname))
+                continue
+            if member.islnk():
+                source = out / _link_target(member.linkname, archive, member.name)
+                if not _inside(source, root):
+                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a hard link to "
+                                             f"{member.linkname!r}, outside the target folder; refusing to extract")
+                if not source.is_file():
+                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a hard link to "
+                                             f"{member.linkname!r}, which is not a file extracted before it; "
+                                             "refusing to extract")
+                shutil.copyfile(source, target)
+                continue
             src = tf.extractfile(member)
             if src is None:  # pragma: no cover - regular members always have data
                 continue
             with src, open(target, "wb") as f:
                 shutil.copyfileobj(src, f, 1 << 20)
+    for link, linkname in symlinks:
+        if not link.exists() or not _inside(link, root):
+            raise UnsafeArchiveError(f"{archive}: member {link.relative_to(out).as_posix()!r} is a link to "
+                                     f"{linkname!r}, which is missing or outside the target folder once "
+                                     "everything is extracted; refusing to extract")
 
 
 def _extract_zip(archive: Path, out: Path) -> None:
@@ -397,7 +449,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
         the top-level paths created in ``dest``.
 
     Raises:
-        UnsafeArchiveError: a member has an absolute path or ``..``, or is a link or special file.
+        UnsafeArchiveError: a member has an absolute path or ``..``, is a special file, or a link
+            whose target is missing or outside ``dest`` (zip symlinks are always refused).
         ArchiveError: the archive is truncated or corrupt (message names the file).
     """
     archive, dest = Path(archive), Path(dest)

@@ -8,9 +8,12 @@ text2 of train (no ``min_freq``; ≈ 98 entries). 2 classes.
 
 Rows are split on tabs with **no quote handling** (the LRA pipeline's ``QUOTE_NONE``): the texts
 contain ``"``, which CSV readers with default quoting would treat as field quotes and so merge
-rows. Splitting on newlines and tabs only makes one row per line by construction, every row must
-have exactly 5 fields, and the row counts are compared with the published ones (a mismatch, e.g.
-a truncated file, is logged as a warning, or raised with ``strict_sizes=True``).
+rows. Splitting on newlines and tabs only makes one row per line by construction. Blank lines
+(an empty last line) are skipped; a line that does not split into exactly 5 fields or whose label
+is not 0/1 is skipped too, counted and reported with its line number (a warning, and
+``malformed`` in the cache's ``meta.json``) instead of aborting the whole cache build. The row
+counts are compared with the published ones (a mismatch, e.g. a truncated file, is logged as a
+warning, or raised with ``strict_sizes=True``).
 
 Batches: x long [B, 2, L], y long [B], lengths long [B, 2]; the model encodes both documents
 with shared weights, pools each over its own length and classifies [u, v, u − v, u·v].
@@ -37,31 +40,45 @@ SPLIT_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.ts
 PUBLISHED_SIZES = {"train": 147_086, "val": 18_090, "test": 17_437}
 
 
-def read_aan_tsv(path: Path, keep: int | None = None) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """``([(text1[:keep], text2[:keep]), ...], uint8 labels)`` of one AAN TSV, quoting disabled.
+def read_aan_tsv(
+    path: Path, keep: int | None = None
+) -> tuple[list[tuple[str, str]], np.ndarray, list[tuple[int, str]]]:
+    """``([(text1[:keep], text2[:keep]), ...], uint8 labels, malformed)`` of one AAN TSV, quoting
+    disabled.
 
     The file is streamed line by line (only ``\\n`` ends a line) and only the first ``keep``
-    characters of each text are kept, since nothing beyond ``l_max`` is ever used.
-
-    Raises ``DataError`` naming the file and line for a row without exactly 5 fields or with a label
-    other than 0/1.
+    characters of each text are kept, since nothing beyond ``l_max`` is ever used. Blank lines are
+    skipped; ``malformed`` lists ``(line number, reason)`` of the skipped lines that are not blank
+    (not exactly 5 fields, or a label other than 0/1).
     """
-    pairs, labels = [], []
+    pairs, labels, malformed = [], [], []
     with open(path, encoding="utf-8", newline="\n") as f:
         for i, line in enumerate(f, start=1):
-            fields = line.removesuffix("\n").removesuffix("\r").split("\t")
+            text = line.removesuffix("\n").removesuffix("\r")
+            if not text.strip():
+                continue
+            fields = text.split("\t")
             if len(fields) != 5:
-                raise DataError(f"{path}, line {i}: expected 5 tab-separated fields (label, id1, id2, text1, text2), "
-                                f"got {len(fields)}")
+                malformed.append((i, f"expected 5 tab-separated fields (label, id1, id2, text1, text2), "
+                                     f"got {len(fields)}"))
+                continue
             try:
-                label = int(float(fields[0]))
+                label = float(fields[0])
             except ValueError:
-                raise DataError(f"{path}, line {i}: label {fields[0]!r} is not a number") from None
-            if label not in (0, 1):
-                raise DataError(f"{path}, line {i}: label {label} is not 0 or 1")
+                malformed.append((i, f"label {fields[0]!r} is not a number"))
+                continue
+            if label not in (0.0, 1.0):
+                malformed.append((i, f"label {fields[0]!r} is not 0 or 1"))
+                continue
             pairs.append((fields[3][:keep], fields[4][:keep]))
-            labels.append(label)
-    return pairs, np.asarray(labels, dtype=np.uint8)
+            labels.append(int(label))
+    return pairs, np.asarray(labels, dtype=np.uint8), malformed
+
+
+def _report_malformed(path: Path, malformed: list[tuple[int, str]], shown: int = 10) -> None:
+    lines = "; ".join(f"line {i}: {why}" for i, why in malformed[:shown])
+    more = f" (and {len(malformed) - shown} more)" if len(malformed) > shown else ""
+    log.warning(f"{path}: skipped {len(malformed)} malformed line(s): {lines}{more}")
 
 
 class AANDataModule(TokenDataModule):
@@ -89,7 +106,17 @@ class AANDataModule(TokenDataModule):
 
     def build_cache(self, raw: dict[str, Path], out: Path) -> dict[str, Any]:
         keep = self.l_max - int(self.append_bos) - int(self.append_eos)
-        splits = {s: read_aan_tsv(p, keep) for s, p in raw.items()}
+        splits, malformed = {}, {}
+        for s, p in raw.items():
+            pairs, labels, bad = read_aan_tsv(p, keep)
+            if bad:
+                _report_malformed(p, bad)
+                malformed[s] = {"file": str(p), "count": len(bad), "lines": [i for i, _ in bad[:1000]]}
+            if not len(labels):
+                raise DataError(f"{p}: no valid row (label, id1, id2, text1, text2) in the file"
+                                + (f"; {len(bad)} malformed line(s), the first: line {bad[0][0]}: {bad[0][1]}"
+                                   if bad else ""))
+            splits[s] = (pairs, labels)
         sizes = {s: len(v[1]) for s, v in splits.items()}
         if sizes != PUBLISHED_SIZES:
             msg = f"AAN row counts {sizes} differ from the published {PUBLISHED_SIZES} (files: {raw})"
@@ -108,7 +135,8 @@ class AANDataModule(TokenDataModule):
             save_ragged(out, s, docs, dtype)
             save_array(out, f"{s}_labels", labels)
         atomic_write_text(out / "vocab.json", vocab.to_json())
-        return {"vocab_size": len(vocab), "sizes": sizes, "raw": {s: str(p) for s, p in raw.items()}}
+        return {"vocab_size": len(vocab), "sizes": sizes, "raw": {s: str(p) for s, p in raw.items()},
+                "malformed": malformed}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import CachedDataModule
+from .base import CachedDataModule, pad_collate
 from .download import LazyArray, open_array, save_array
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+PADDINGS = ("batch", "reference")
 
 
 @dataclass
@@ -196,20 +197,31 @@ class TokenDataModule(CachedDataModule):
     """Base of the token tasks: vocabulary from train, ragged uint8 caches, ``<pad>``-padded batches.
 
     Batches: x long [B, L] (retrieval [B, 2, L]), y long [B], lengths long [B] ([B, 2]), with L
-    the longest sequence in the batch (s4's padding; the model masks padding).
+    the longest sequence in the batch (s4's padding; the model masks padding), or ``l_max`` with
+    ``padding="reference"``.
 
     Args:
         l_max: maximum sequence length including BOS/EOS.
         min_freq: minimum train count of a vocabulary token.
         append_bos, append_eos: special tokens around each sequence.
+        padding: ``batch`` (default): pad to the batch's longest sequence and let the model zero
+            the padding before every SSM, so outputs do not depend on it; ``reference``: S5's
+            padding, every batch padded to ``l_max`` with ``<pad>`` and the model told not to mask
+            (``mask_padding=False``): BatchNorm statistics and the backward scan of bidirectional
+            layers see the pad tokens; only the pooling is masked. The published S5 numbers were
+            produced this way.
         **kwargs: :class:`~ssmlit.data.base.CachedDataModule` arguments.
     """
 
     level: str = "char"
 
     def __init__(self, l_max: int, min_freq: int = 1, append_bos: bool = False, append_eos: bool = True,
-                 **kwargs: Any) -> None:
+                 padding: str = "batch", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown token padding {padding!r}; choose one of {PADDINGS} (batch: to the batch's "
+                             "longest, masked in the model; reference: S5's, to l_max, seen by the SSMs)")
+        self.padding = padding
         if l_max < 2:
             raise ValueError(f"l_max must be >= 2, got {l_max}")
         self.l_max, self.min_freq = l_max, min_freq
@@ -219,6 +231,15 @@ class TokenDataModule(CachedDataModule):
     def cache_params(self) -> dict[str, Any]:
         return super().cache_params() | dict(l_max=self.l_max, min_freq=self.min_freq, level=self.level,
                                              append_bos=self.append_bos, append_eos=self.append_eos)
+
+    def collate(self, batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return pad_collate(batch, self.l_max if self.padding == "reference" else None)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs = super().model_kwargs()
+        if self.padding == "reference":
+            kwargs["mask_padding"] = False
+        return kwargs
 
     def new_vocab(self, counts: Counter) -> Vocab:
         return build_vocab(counts, self.min_freq, self.append_bos, self.append_eos)

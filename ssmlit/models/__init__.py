@@ -2,10 +2,11 @@
 
 from .backbone import LAYERS, SequenceModel, count_parameters, load_model, save_model
 from .base import DiagonalSSM
-from .s4d import S4D
+from .s4d import S4D, s4_to_s5_convention
 from .s5 import S5
 from .scan import SCANS
 
 __all__ = [
-    "LAYERS", "S4D", "S5", "SCANS", "DiagonalSSM", "SequenceModel", "count_parameters", "load_model", "save_model",
+    "LAYERS", "S4D", "S5", "SCANS", "DiagonalSSM", "SequenceModel", "count_parameters", "load_model",
+    "s4_to_s5_convention", "save_model",
 ]

@@ -48,6 +48,9 @@ class SequenceModel(nn.Module):
         retrieval: two-document mode (LRA retrieval): inputs ``[B, 2, L(, d_input)]`` and lengths
             ``[B, 2]``; each document is encoded with shared weights and pooled, and the features
             [u, v, u − v, u·v] go through Linear(4H, H) → GELU → Linear(H, d_output).
+        mask_padding: zero the padding (steps ≥ length) before every SSM, so no layer reads it
+            (default). False is S5's behaviour: the SSMs see the padding (the backward scan carries
+            it into valid steps) and only the pooling uses the lengths.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class SequenceModel(nn.Module):
         ln_eps: float = 1e-5,
         pooling: str = "mean",
         retrieval: bool = False,
+        mask_padding: bool = True,
     ) -> None:
         super().__init__()
         if (d_input is None) == (vocab_size is None):
@@ -80,6 +84,8 @@ class SequenceModel(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if not isinstance(mask_padding, bool):
+            raise ValueError(f"mask_padding must be true or false, got {mask_padding!r}")
         per_layer = [dict(ssm or {})] * n_layers if ssm is None or isinstance(ssm, Mapping) \
             else [dict(s) for s in ssm]
         if len(per_layer) != n_layers:
@@ -88,9 +94,10 @@ class SequenceModel(nn.Module):
             d_output=d_output, d_input=d_input, vocab_size=vocab_size, layer=layer, d_model=d_model,
             n_layers=n_layers, norm=norm, prenorm=prenorm, final_norm=final_norm,
             activation=activation, dropout=dropout, gelu_approximate=gelu_approximate,
-            bn_momentum=bn_momentum, ln_eps=ln_eps, pooling=pooling, retrieval=retrieval,
+            bn_momentum=bn_momentum, ln_eps=ln_eps, pooling=pooling, retrieval=retrieval, mask_padding=mask_padding,
         )
         self.pooling, self.retrieval, self.tokens = pooling, retrieval, vocab_size is not None
+        self.mask_padding = bool(mask_padding)
         self.encoder = nn.Embedding(vocab_size, d_model) if self.tokens else nn.Linear(d_input, d_model)
         cls = LAYERS[layer]
         self.blocks = nn.ModuleList(
@@ -123,7 +130,7 @@ class SequenceModel(nn.Module):
         valid = valid_mask(lengths, L)
         h = self.encoder(x)
         for block in self.blocks:
-            h = block(h, valid, step_rescale)
+            h = block(h, valid if self.mask_padding else None, step_rescale)
         if self.final_norm is not None:
             h = self.final_norm(h)
         if self.pooling == "last":

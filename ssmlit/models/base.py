@@ -6,8 +6,10 @@ active its output is
 
     y_k = 2·Re(C[0] x_k) + D ⊙ u_k,        x_k = diag(λ̄) x_{k−1} + B̄ u_k,   x_{−1} = 0,
 
-plus 2·Re(C[1] x'_k) when bidirectional, where x' runs the same recurrence over the time-reversed
-input (the current step is included in both directions, as in S5).
+plus 2·Re(C[1] x'_{k+δ}) when bidirectional, where x' runs the same recurrence over the
+time-reversed input (x'_k includes u_k; x'_k = 0 for k ≥ L) and δ = :attr:`DiagonalSSM.backward_delay`:
+0 (the current step is included in both directions, as in S5) or 1 (state-spaces/s4's shifted
+anti-causal kernel, an S4D option).
 
 Pruning (``ssmlit.pruning``) needs only :meth:`DiagonalSSM.discretized_system` and
 :attr:`DiagonalSSM.state_mask`; physical removal needs :meth:`DiagonalSSM.compact`.
@@ -32,6 +34,8 @@ class DiagonalSSM(nn.Module):
     bidirectional: bool
     d_model: int
     step_rescale: float
+    #: δ of the protocol: the backward output at step k reads x'_{k+δ} (1 only for s4's convention).
+    backward_delay: int = 0
 
     def _init_state_mask(self, n: int) -> None:
         # A buffer (not a parameter): saved in the state dict, moved with .to(), broadcast by DDP.

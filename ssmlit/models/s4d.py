@@ -11,9 +11,24 @@ Notation follows the S4D paper and state-spaces/s4 (``SSMKernelDiag``):
 - Kernel (S4D paper Eq. 6, the Vandermonde product): K_ℓ = 2·Re Σ_n C_n B̄_n Ā_n^ℓ, applied by FFT
   convolution; y = K ∗ u + D⊙u.
 
-Bidirectional layers use a second C and, unlike s4's shifted anti-causal kernel, include the
-current step in both directions (the S5 convention, so both layers share the diagonal-system
-protocol of ``ssmlit.models.base``).
+Bidirectional layers use a second C. By default (``bidirectional_convention="s5"``) both directions
+include the current step, as S5 does; ``"s4"`` is state-spaces/s4's two-sided kernel, whose
+anti-causal half is shifted by one step so the backward direction skips the current input:
+
+    y_t = Σ_{j≥0} k0[j]·u_{t−j} + Σ_{m≥1} k1[m−1]·u_{t+m} + D·u_t   (s4)
+    y_t = Σ_{j≥0} k0[j]·u_{t−j} + Σ_{m≥0} k1[m]·u_{t+m}   + D·u_t   (s5)
+
+The two are the same family: an s4-convention layer with backward coefficients C1 equals an
+s5-convention layer with C1/λ̄ and D − 2·Re Σ_n C1_n·B̄_n/λ̄_n (:func:`s4_to_s5_convention`). For
+the diagonal-system protocol the shift is a one-step delay of the backward output
+(``backward_delay = 1``): ``C[1]`` stays the layer's own C1, and since a pure delay leaves
+|G(e^{iω})| unchanged, every per-state score (H∞ norms, energies, the bidirectional bounds) is the
+same function of (λ̄, B̄, C) in both conventions.
+
+``l_max`` reproduces s4's kernel length rule: min(L, round(l_max / rate)) taps, ``rate`` being the
+step rescale; beyond that the convolution is truncated (an FIR approximation of the system the
+protocol describes). ``imag_init_min`` reproduces s4's ``inv_transform`` clamp of the initial
+−Im A (1e-4 there), which moves S4D-Lin's mode 0 off the real axis.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from .discretize import DISCRETIZATIONS, discretize
 from .hippo import s4d_init
 
 S4D_INITS = ("legs", "inv", "lin")
+BIDIRECTIONAL_CONVENTIONS = ("s5", "s4")
 
 
 def vandermonde_kernel(Cp: torch.Tensor, log_lam: torch.Tensor, L: int) -> torch.Tensor:
@@ -61,17 +77,20 @@ def vandermonde_kernel(Cp: torch.Tensor, log_lam: torch.Tensor, L: int) -> torch
     return 2 * K.view(H, d, nA * T)[..., :L].transpose(0, 1)
 
 
-def fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def fft_conv(u: torch.Tensor, K: torch.Tensor, shift: bool = False) -> torch.Tensor:
     """Convolve ``u: real [B, H, L]`` with ``K: real [d, H, L]``.
 
     d = 1: causal, y_t = Σ_{s≤t} K0[t−s] u_s. d = 2: adds the anti-causal Σ_{s≥t} K1[s−t] u_s
-    (lag 0 included in both, the S5 convention). Zero-padding to 2L avoids circular wrap-around.
+    (lag 0 included in both, the S5 convention), or with ``shift`` Σ_{s>t} K1[s−t−1] u_s (s4's
+    convention). Zero-padding to 2L avoids circular wrap-around.
     """
     L = u.shape[-1]
     k = F.pad(K[0], (0, L))
     if K.shape[0] == 2:
-        # K1[j] sits at circular position −j ≡ 2L − j, K1[0] at position 0.
-        k = k + torch.roll(F.pad(K[1].flip(-1), (L, 0)), 1, dims=-1)
+        # K1[j] sits at circular position −j ≡ 2L − j (K1[0] at position 0), or with the shift at
+        # −(j + 1), which is where the flipped, left-padded K1 already lies.
+        back = F.pad(K[1].flip(-1), (L, 0))
+        k = k + (back if shift else torch.roll(back, 1, dims=-1))
     y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)
     return y[..., :L]
 
@@ -90,6 +109,10 @@ class S4D(DiagonalSSM):
             ``None`` means S = H.
         trainable_B: if False, B is a frozen buffer (s4's ``lr: 0``).
         step_rescale: default multiplier of Δ (s4's ``rate``), overridable per call.
+        bidirectional_convention: ``"s5"`` (both directions include the current step) or ``"s4"``
+            (the backward direction starts one step ahead; module docstring).
+        l_max: if set, the kernel has min(L, round(l_max / step_rescale)) taps (s4's rule).
+        imag_init_min: lower bound on the initial −Im A (s4: 1e-4; 0 keeps the init as is).
     """
 
     def __init__(
@@ -104,6 +127,9 @@ class S4D(DiagonalSSM):
         n_ssm: int | None = None,
         trainable_B: bool = True,
         step_rescale: float = 1.0,
+        bidirectional_convention: str = "s5",
+        l_max: int | None = None,
+        imag_init_min: float = 0.0,
     ) -> None:
         super().__init__()
         if discretization not in DISCRETIZATIONS:
@@ -115,15 +141,25 @@ class S4D(DiagonalSSM):
             raise ValueError(f"n_ssm={n_ssm} must divide d_model={d_model}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if bidirectional_convention not in BIDIRECTIONAL_CONVENTIONS:
+            raise ValueError(f"unknown bidirectional_convention {bidirectional_convention!r}; choose one of "
+                             f"{BIDIRECTIONAL_CONVENTIONS} (s5: both directions include the current step; s4: "
+                             "the backward direction skips it)")
+        if l_max is not None and (isinstance(l_max, bool) or not isinstance(l_max, int) or l_max < 1):
+            raise ValueError(f"l_max must be a positive integer (kernel taps at rate 1) or None, got {l_max!r}")
+        if isinstance(imag_init_min, bool) or not isinstance(imag_init_min, (int, float)) or not imag_init_min >= 0:
+            raise ValueError(f"imag_init_min must be a number >= 0, got {imag_init_min!r}")
         self.d_model, self.d_state, self.n_ssm = d_model, d_state, S
         self.bidirectional, self.discretization, self.init = bidirectional, discretization, init
         self.dt_min, self.dt_max, self.trainable_B = dt_min, dt_max, trainable_B
         self.step_rescale = float(step_rescale)
+        self.bidirectional_convention, self.l_max = bidirectional_convention, l_max
+        self.imag_init_min = float(imag_init_min)
 
         A, B = s4d_init(init, d_state)  # [N2] each
         N2, H, d = A.numel(), d_model, 2 if bidirectional else 1
         self.A_real = nn.Parameter(torch.log(-A.real).float().repeat(S, 1))  # Re A = −exp(A_real)
-        self.A_imag = nn.Parameter((-A.imag).float().repeat(S, 1))  # Im A = −A_imag
+        self.A_imag = nn.Parameter((-A.imag).clamp(min=self.imag_init_min).float().repeat(S, 1))  # Im A = −A_imag
         B = complex_param(B.repeat(S, 1))  # [S, N2, 2]
         if trainable_B:
             self.B = B
@@ -134,6 +170,17 @@ class S4D(DiagonalSSM):
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)
         self._init_state_mask(H * N2)
+
+    @property
+    def backward_delay(self) -> int:
+        """1 in the s4 convention: the backward output is read one step ahead (module docstring)."""
+        return int(self.bidirectional and self.bidirectional_convention == "s4")
+
+    def kernel_length(self, L: int, step_rescale: float) -> int:
+        """Taps of the convolution kernel for an input of length L: L, or s4's min(L, round(l_max/rate))."""
+        if self.l_max is None:
+            return L
+        return max(1, min(L, round(self.l_max / step_rescale)))
 
     @property
     def n_modes(self) -> int:
@@ -181,6 +228,8 @@ class S4D(DiagonalSSM):
             d_model=self.d_model, d_state=self.d_state, bidirectional=self.bidirectional,
             discretization=self.discretization, init=self.init, dt_min=self.dt_min, dt_max=self.dt_max,
             n_ssm=self.n_ssm, trainable_B=self.trainable_B, step_rescale=self.step_rescale,
+            bidirectional_convention=self.bidirectional_convention, l_max=self.l_max,
+            imag_init_min=self.imag_init_min,
         )
 
     def compaction_slices(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -232,11 +281,43 @@ class S4D(DiagonalSSM):
     def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
         log_lam, _, B_bar, C = self._per_channel(step_rescale)
         Cp = C * (B_bar * self.state_mask.view_as(B_bar))  # fold B̄ into C (s4's C' = C·B̄)
-        K = vandermonde_kernel(Cp, log_lam, u.shape[1])  # [d, H, L]
-        y = fft_conv(u.transpose(1, 2), K).transpose(1, 2)
+        L = u.shape[1]
+        K = vandermonde_kernel(Cp, log_lam, self.kernel_length(L, step_rescale))  # [d, H, ≤ L]
+        K = F.pad(K, (0, L - K.shape[-1]))
+        y = fft_conv(u.transpose(1, 2), K, shift=self.backward_delay == 1).transpose(1, 2)
         return y + self.D * u
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state} ({self.n_modes} modes/channel, "
                 f"{self.n_active}/{self.n_states} active), n_ssm={self.n_ssm}, init={self.init}, "
-                f"bidirectional={self.bidirectional}, discretization={self.discretization}")
+                f"bidirectional={self.bidirectional}"
+                + (f" ({self.bidirectional_convention} convention)" if self.bidirectional else "")
+                + f", discretization={self.discretization}")
+
+
+@torch.no_grad()
+def s4_to_s5_convention(layer: S4D) -> S4D:
+    """The s5-convention S4D layer whose outputs equal those of ``layer`` (s4 convention).
+
+    The s4 backward kernel is k1[m−1] = 2·Re Σ_n C1_n B̄_n λ̄_n^{m−1} at lag m ≥ 1. Writing
+    λ̄^{m−1} = λ̄^m / λ̄ gives an s5-convention backward kernel with C1' = C1/λ̄, except that this
+    one also has a lag-0 tap 2·Re Σ_n C1_n B̄_n / λ̄_n, which D' = D − that tap cancels (active
+    states only). Exact at the layer's own ``step_rescale`` (λ̄ and B̄ depend on Δ); masks carry over.
+
+    Args:
+        layer: a bidirectional S4D with ``bidirectional_convention="s4"``.
+
+    Returns:
+        a new S4D (same device) with ``bidirectional_convention="s5"``, C[1] → C1/λ̄ and D → D'.
+    """
+    if not (layer.bidirectional and layer.bidirectional_convention == "s4"):
+        raise ValueError("s4_to_s5_convention needs a bidirectional S4D layer with bidirectional_convention='s4'")
+    new = S4D(**(layer.config() | {"bidirectional_convention": "s5"})).to(layer.D.device)
+    new.load_state_dict(layer.state_dict())
+    _, lam_bar, B_bar, C = layer._per_channel(layer.step_rescale, torch.complex128)
+    active = layer.state_mask.view_as(B_bar)
+    C1 = C[1] / lam_bar
+    new.C[1].copy_(torch.view_as_real(C1.to(torch.complex64)))
+    new.D.sub_((2 * (C1 * B_bar * active).sum(-1).real).to(new.D.dtype))
+    return new
+

@@ -6,6 +6,7 @@ Usage::
     trainer = pl.Trainer(callbacks=[cb, ModelCheckpoint(monitor="val/acc", mode="max")])
     trainer.fit(module, datamodule=dm)
     report = cb.prune_after_fit(trainer, module, dm)                 # best ckpt: val+test before/after
+    StatePruningCallback(method="last", ratio=0.3, checkpoint="last")  # the final epoch's weights (LAST code)
 
     StatePruningCallback(method="aire", ratio=0.5, schedule="gradual", start_epoch=2, end_epoch=10)
     StatePruningCallback(method="last", keep_states=64, epoch=3, layers={"exclude": ["model.blocks.0.ssm"]})
@@ -56,6 +57,7 @@ from .scores import BIDIRECTIONAL_MODES
 
 DEFAULT_RATIO = 0.3
 VERBOSITY = (0, 1, 2)
+CHECKPOINTS = ("best", "last")
 
 
 class StatePruningCallback(Callback):
@@ -69,7 +71,7 @@ class StatePruningCallback(Callback):
             :mod:`ssmlit.pruning.options`), which then is the schedule.
         keep_states: instead of ``ratio``, the number of states kept over the whole model.
         schedule: ``oneshot``, ``iterative`` or ``gradual`` (:mod:`ssmlit.pruning.schedule`).
-        epoch: oneshot epoch (None: after fit, on the best checkpoint, via :meth:`prune_after_fit`).
+        epoch: oneshot epoch (None: after fit, on ``checkpoint``, via :meth:`prune_after_fit`).
         epochs, ratios: iterative steps.
         start_epoch, end_epoch, frequency, initial_ratio: the gradual (cubic) schedule.
         min_states: states every layer keeps at least (1: the paper's "100 %" keeps one pair).
@@ -89,6 +91,9 @@ class StatePruningCallback(Callback):
         plots: write the score and pole figures (PNG, and TensorBoard when that logger is used).
         out_dir: where figures and ``pruning_summary.json`` go (default
             ``<trainer.default_root_dir>/pruning``).
+        checkpoint: which weights one-shot-after-fit prunes: ``best`` (the best-validation
+            checkpoint, ssmlit's default) or ``last`` (the final epoch's, what msgwak/LAST's
+            ``s5/train.py`` prunes at the end of ``train``; the paper does not say).
     """
 
     def __init__(
@@ -114,9 +119,14 @@ class StatePruningCallback(Callback):
         compact_at_end: bool = False,
         layers: Any = None,
         verbose: int = 2,
+        checkpoint: str = "best",
     ) -> None:
         super().__init__()
         get_method(method)  # unknown names fail here, before any training
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"unknown prune checkpoint {checkpoint!r}; choose one of {CHECKPOINTS} (which weights "
+                             "one-shot-after-fit prunes: the best-validation or the final epoch's)")
+        self.checkpoint = checkpoint
         if bidirectional not in BIDIRECTIONAL_MODES:
             raise ValueError(f"unknown bidirectional mode {bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
         if isinstance(min_states, bool) or not isinstance(min_states, int) or min_states < 1:
@@ -295,35 +305,55 @@ class StatePruningCallback(Callback):
         return ", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing to remove"
 
     # -- one-shot after fit (the paper's protocol) -----------------------------------------------
+    def checkpoint_path(self, trainer: pl.Trainer) -> str | None:
+        """What one-shot-after-fit loads under ``checkpoint``: ``best``: the trainer's ModelCheckpoint
+        ``best_model_path`` (None without checkpointing); ``last``: None, the weights in hand, which
+        right after fit are the final epoch's. ``last.ckpt`` is not used: Lightning (2.6) rewrites
+        it only when a top-k checkpoint is saved, so with ``monitor`` set it holds the last
+        *improving* epoch, not the final one."""
+        if self.checkpoint == "last":
+            return None
+        return getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+
     def prune_after_fit(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = "best",
+        ckpt_path: str | None = "auto",
     ) -> dict[str, Any]:
-        """Load ``ckpt_path`` (default: the best-validation checkpoint), validate and test, prune to
-        ``ratio`` without retraining, validate and test again.
+        """Load ``ckpt_path``, validate and test, prune to ``ratio`` without retraining, validate and
+        test again.
+
+        Args:
+            ckpt_path: ``"auto"`` (default): :meth:`checkpoint_path`, the best-validation
+                checkpoint or the final epoch's weights as ``checkpoint`` says (call this right
+                after fit); a path; or None for the weights in hand.
 
         Returns:
-            ``{"before": metrics, "after": metrics, "plan": plan.summary()}``; the same goes to
-            ``<out_dir>/pruning_summary.json`` with the figures.
+            ``{"before": metrics, "after": metrics, "plan": plan.summary(), "checkpoint": {"choice",
+            "path"}}``; the same goes to ``<out_dir>/pruning_summary.json`` with the figures.
         """
-        if ckpt_path == "best" and not getattr(trainer.checkpoint_callback, "best_model_path", ""):
-            ckpt_path = None  # no checkpointing: prune the weights in hand
+        if ckpt_path == "auto":
+            ckpt_path = self.checkpoint_path(trainer)
         before = self._evaluate(trainer, pl_module, datamodule, ckpt_path)
         plan = self.prune(trainer, pl_module, self.ratio, epoch=trainer.current_epoch, verbose=False)
         self.done.append(-1)
         after = self._evaluate(trainer, pl_module, datamodule, None)
+        source = {"choice": self.checkpoint, "path": ckpt_path}
+        weights = ckpt_path or "the weights in hand: the final epoch's right after fit"
         if self.verbose >= 2:
-            rank_zero_info(plan.table(before=before, after=after))
+            rank_zero_info(f"Pruned weights: {self.checkpoint} checkpoint ({weights})\n"
+                           + plan.table(before=before, after=after))
         elif self.verbose:
-            rank_zero_info(self._summary_line(plan) + "; " + "  ".join(
-                f"{k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before if k.endswith("/acc") and k in after))
+            rank_zero_info(f"Pruned weights: {self.checkpoint} checkpoint ({weights}); "
+                           + self._summary_line(plan) + "; " + "  ".join(
+                               f"{k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before
+                               if k.endswith("/acc") and k in after))
         for logger in trainer.loggers:
             logger.log_metrics({f"prune/before/{k}": v for k, v in before.items()}
                                | {f"prune/after/{k}": v for k, v in after.items()}, step=trainer.global_step)
-        report = {"before": before, "after": after, "plan": plan.summary()}
+        report = {"before": before, "after": after, "plan": plan.summary(), "checkpoint": source}
         if self.compact_at_end:
             report["compacted_checkpoint"] = self._save_pruned_compact(trainer, pl_module)
         self._write_outputs(trainer, pl_module, report)

@@ -14,11 +14,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ssmlit.models import SequenceModel, count_parameters
 
-from .optim import param_groups, warmup_cosine
+from .optim import SCHEDULE_FNS, check_optim, param_groups
 
 DEFAULT_OPTIM = dict(
     lr=4e-3, ssm_lr=1e-3, weight_decay=0.05, opt_config="standard", dt_global=False,
     betas=(0.9, 0.999), warmup_epochs=1.0, min_lr_ratio=0.0,
+    dt_decay=True, c_lr=None, decay_norm_bias=False, schedule="cosine",
 )
 
 
@@ -30,7 +31,9 @@ class SequenceClassifier(pl.LightningModule):
             included: ``d_input``/``vocab_size``, ``d_output``, ``retrieval``).
         optim: ``lr``, ``ssm_lr``, ``weight_decay``, ``opt_config``, ``dt_global``, ``betas``,
             ``warmup_epochs`` (linear warmup length, may be fractional), ``min_lr_ratio`` (cosine
-            floor as a fraction of each group's lr). Missing keys take ``DEFAULT_OPTIM``.
+            floor as a fraction of each group's lr), ``dt_decay``, ``c_lr``, ``decay_norm_bias`` and
+            ``schedule`` (``cosine`` | ``s5_cosine``; see :mod:`ssmlit.training.optim`). Missing keys
+            take ``DEFAULT_OPTIM``; every value is validated here, before any data work.
         val_variants, test_variants: ``(name, step_rescale)`` of each evaluation dataloader, in
             dataloader order; metrics are logged as ``{name}/acc`` and ``{name}/loss``.
     """
@@ -47,6 +50,7 @@ class SequenceClassifier(pl.LightningModule):
         unknown = set(optim) - set(DEFAULT_OPTIM)
         if unknown:
             raise ValueError(f"unknown optim keys {sorted(unknown)}; allowed: {sorted(DEFAULT_OPTIM)}")
+        check_optim(DEFAULT_OPTIM | optim)
         self.save_hyperparameters(dict(
             model=model, optim=DEFAULT_OPTIM | optim,
             val_variants=[[str(n), float(r)] for n, r in val_variants],
@@ -91,7 +95,8 @@ class SequenceClassifier(pl.LightningModule):
     def make_optimizer(self) -> torch.optim.AdamW:
         """AdamW over :func:`~ssmlit.training.optim.param_groups` of the current model."""
         o = self.hparams.optim
-        groups = param_groups(self.model, o["lr"], o["ssm_lr"], o["weight_decay"], o["opt_config"], o["dt_global"])
+        groups = param_groups(self.model, o["lr"], o["ssm_lr"], o["weight_decay"], o["opt_config"], o["dt_global"],
+                              dt_decay=o["dt_decay"], c_lr=o["c_lr"], decay_norm_bias=o["decay_norm_bias"])
         return torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
 
     def configure_optimizers(self):
@@ -100,7 +105,8 @@ class SequenceClassifier(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = round(o["warmup_epochs"] * total / epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, o["min_lr_ratio"]))
+        factor = SCHEDULE_FNS[o["schedule"]](warmup, total, o["min_lr_ratio"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- compacted shapes in checkpoints ---------------------------------------------------------

@@ -77,10 +77,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = ckpt.best_model_path or None
     pruner = next((c for c in callbacks if isinstance(c, StatePruningCallback)), None)
     if pruner is not None and pruner.schedule.at_end:
-        # The paper's protocol: the best checkpoint, validated and tested before and after pruning.
-        report = pruner.prune_after_fit(trainer, module, dm, ckpt_path=best)
+        # The paper's protocol: one checkpoint (prune.checkpoint: best-validation or final epoch),
+        # validated and tested before and after pruning.
+        report = pruner.prune_after_fit(trainer, module, dm, ckpt_path=pruner.checkpoint_path(trainer))
         results = report["before"] | {f"pruned/{k}": v for k, v in report["after"].items()}
         results["pruning"] = report["plan"]
+        results["pruned_checkpoint"] = f"{pruner.checkpoint}: {report['checkpoint']['path'] or 'final-epoch weights'}"
     else:
         metrics = trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
         results = {k: float(v) for m in metrics for k, v in m.items()}
@@ -98,4 +100,5 @@ def _report(out: Path, results: dict[str, Any]) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     lines = [f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}" for k, v in results.items()
              if k != "pruning"]
-    rank_zero_info("Results (best-val checkpoint):\n" + "\n".join(lines) + f"\n  run dir: {out}")
+    source = "pruned checkpoint" if "pruned_checkpoint" in results else "best-val checkpoint"
+    rank_zero_info(f"Results ({source}):\n" + "\n".join(lines) + f"\n  run dir: {out}")
