@@ -11,6 +11,8 @@ import torch
 
 from ssmlit.models import S4D, S5, SequenceModel, load_model, save_model
 from ssmlit.pruning import METHODS, apply_pruning, compact_model, plan_pruning, state_scores
+from ssmlit.pruning.plan import layer_quantities
+from ssmlit.pruning.scores import h2_energy
 
 from reference import recurrence_output, rel_err
 from reference_scores import METHOD_FORMULAS, reference_scores, reference_selection
@@ -125,6 +127,9 @@ def test_unstable_pole_score_is_infinite_for_raw_hinf_and_kept_at_full_ratio():
     with pytest.warns(RuntimeWarning, match=r"1 state\(s\) have \|λ̄\| ≥ 1"):
         s = state_scores(layer, "global_hinf")[""]
     assert s[2] == math.inf and torch.isfinite(s[torch.arange(8) != 2]).all()
+    with pytest.warns(RuntimeWarning, match="unstable"):
+        energy = h2_energy(layer_quantities(layer))  # finite/tiny would be a huge finite number
+    assert energy[2] == math.inf and torch.isfinite(energy[torch.arange(8) != 2]).all()
     with pytest.warns(RuntimeWarning):
         plan = plan_pruning(layer, "uniform_hinf", 1.0)
     assert plan.masks[""].tolist() == [i == 2 for i in range(8)]
