@@ -14,6 +14,7 @@ reaches ("no tests") count as not killed.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections import Counter, defaultdict
@@ -57,13 +58,26 @@ def load_triage(path: Path = TRIAGE) -> dict[str, str]:
     return out
 
 
+def excluded_patterns() -> list[str]:
+    """``do_not_mutate`` of ``[tool.mutmut]`` (files mutmut skips; stale results there are ignored)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no exclusions known
+        return []
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return list(data.get("tool", {}).get("mutmut", {}).get("do_not_mutate", []))
+
+
 def load_results(mutants: Path) -> dict[str, tuple[str, str]]:
     """Mutant name → (source file, status) for the packages under study."""
     out = {}
+    skip = excluded_patterns()
     for pkg in PACKAGES:
         for meta in sorted((mutants / pkg).glob("*.py.meta")):
             data = json.loads(meta.read_text())
             src = str(meta.relative_to(mutants))[: -len(".meta")]
+            if any(fnmatch.fnmatch(src, p) for p in skip):
+                continue
             for name, code in data.get("exit_code_by_key", {}).items():
                 out[name] = (src, status(code))
     return out
