@@ -48,7 +48,7 @@ $(VENV)/.mutate: $(VENV)/.installed
 	touch $@
 
 mutate: $(VENV)/.mutate
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(JOBS) $(MUTATE) > mutants.log 2>&1 \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(JOBS) $(foreach m,$(MUTATE),'$(m)') > mutants.log 2>&1 \
 		|| (tail -c 3000 mutants.log; exit 1)
 	$(PY) tests/mutation_report.py
 

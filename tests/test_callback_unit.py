@@ -32,6 +32,7 @@ def _trainer(tmp_path, broadcast=None, best_path="", **kw):
 
     def run(kind):
         def fn(module, datamodule=None, ckpt_path=None, verbose=True, **extra):
+            assert datamodule is t.datamodule and verbose is False
             calls.append((kind, ckpt_path, extra))
             active = sum(m.n_active for m in prunable_layers(module).values())
             return [{f"{kind}/acc": 0.5 + active / 100, f"{kind}/loss": 1.0}]
@@ -40,7 +41,8 @@ def _trainer(tmp_path, broadcast=None, best_path="", **kw):
     t = SimpleNamespace(
         strategy=SimpleNamespace(broadcast=broadcast or (lambda obj, src=0: obj)), loggers=[Logger()],
         global_step=11, current_epoch=0, max_epochs=10, checkpoint_callbacks=[ckpt], checkpoint_callback=ckpt,
-        default_root_dir=str(tmp_path), validate=run("val"), test=run("test"), calls=calls, **kw)
+        default_root_dir=str(tmp_path), validate=run("val"), test=run("test"), calls=calls, datamodule=object(),
+        **kw)
     return t
 
 
@@ -86,10 +88,13 @@ def test_iterative_steps_run_at_their_epochs_and_log(tmp_path):
 
 def test_best_checkpoint_kept_when_asked(tmp_path):
     model, trainer = _model(), _trainer(tmp_path, best_path="best.ckpt")
-    cb = StatePruningCallback("aire", 0.5, epoch=0, reset_best_checkpoint=False, plots=False)
+    cb = StatePruningCallback("aire", 0.5, epoch=0, reset_best_checkpoint=False, out_dir=str(tmp_path / "figs"))
     cb.setup(trainer, model, "fit")
     cb.on_train_epoch_start(trainer, model)
     assert sum(_active(model)) == 8 and trainer.checkpoint_callback.best_model_path == "best.ckpt"
+    cb.on_fit_end(trainer, model)  # during-training schedules write their summary and figures at fit end
+    assert (tmp_path / "figs" / "poles.png").stat().st_size > 5_000
+    assert json.loads((tmp_path / "figs" / "pruning_summary.json").read_text())["final"]["kept_total"] == 8
 
 
 def test_resume_without_callback_state_takes_missed_steps_at_once(tmp_path):
@@ -146,15 +151,19 @@ def test_random_method_uses_seed_plus_step(tmp_path):
         assert cb.history[-1]["seed"] == seed
 
 
-@pytest.mark.parametrize("best", ["", "best.ckpt"])
-def test_oneshot_after_fit_evaluates_before_and_after(tmp_path, best):
-    model, trainer = _model(), _trainer(tmp_path, best_path=best)
+@pytest.mark.parametrize("best", ["", "best.ckpt", None])
+def test_oneshot_after_fit_evaluates_before_and_after(tmp_path, best, monkeypatch):
+    model, trainer = _model(), _trainer(tmp_path, best_path=best or "")
+    if best is None:
+        trainer.checkpoint_callback = None  # a trainer without checkpointing
+    printed = []
+    monkeypatch.setattr("ssmlit.pruning.callback.rank_zero_info", printed.append)
     cb = StatePruningCallback("last", 0.75, min_states=2, out_dir=str(tmp_path / "out"), plots=bool(best))
     assert cb.schedule.at_end
     cb.on_train_epoch_start(trainer, model)  # one-shot after fit: nothing during training
     cb.on_fit_end(trainer, model)
     assert sum(_active(model)) == 16 and not (tmp_path / "out").exists()
-    report = cb.prune_after_fit(trainer, model)
+    report = cb.prune_after_fit(trainer, model, trainer.datamodule)
     assert report["before"] == {"val/acc": 0.66, "val/loss": 1.0, "test/acc": 0.66, "test/loss": 1.0}
     assert report["after"] == {"val/acc": 0.54, "val/loss": 1.0, "test/acc": 0.54, "test/loss": 1.0}
     assert report["plan"]["kept_total"] == 4 and _active(model) == [2, 2] and cb.done == [-1]
@@ -167,8 +176,15 @@ def test_oneshot_after_fit_evaluates_before_and_after(tmp_path, best):
     for fig in ("scores.png", "poles.png"):
         assert (tmp_path / "out" / fig).exists() == bool(best)
         assert not best or (tmp_path / "out" / fig).stat().st_size > 5_000
-    logged = trainer.loggers[0].logged[-1][1]
-    assert logged["prune/before/val/acc"] == 0.66 and logged["prune/after/test/acc"] == 0.54
+    step, logged = trainer.loggers[0].logged[-1]
+    assert logged["prune/before/val/acc"] == 0.66 and logged["prune/after/test/acc"] == 0.54 and step == 11
+    # the plan table is printed once, with the metrics before and after
+    tables = [p for p in printed if p.startswith("Pruning plan")]
+    assert tables == [cb.last_plan.table(before=report["before"], after=report["after"])]
+    assert "  before val/acc=0.6600" in tables[0] and "  after  val/acc=0.5400" in tables[0]
+    # a later fit end does not overwrite the one-shot summary
+    cb.on_fit_end(trainer, model)
+    assert json.loads((tmp_path / "out" / "pruning_summary.json").read_text())["after"] == report["after"]
 
 
 def test_setup_and_constructor_reject_bad_settings(tmp_path):
@@ -198,3 +214,24 @@ def test_pole_figure_gets_each_layers_discrete_poles(layer):
     lam = layer.discretized_system(torch.complex128)[0]
     poles = _poles(layer)
     assert poles.dtype == torch.complex128 and torch.equal(poles, lam)
+
+
+def test_defaults_and_schedule_arguments_survive_setup(tmp_path):
+    cb = StatePruningCallback()
+    assert (cb.method, cb.ratio, cb.min_states, cb.seed, cb.bidirectional) == ("last", 0.3, 1, 0, "paper")
+    assert cb.plots and cb.reset_best_checkpoint and cb.out_dir is None and cb.last_plan is None
+    assert cb.schedule.kind == "oneshot" and cb.schedule.at_end and cb.done == [] and cb.history == []
+    model, trainer = _model(), _trainer(tmp_path)
+    it = StatePruningCallback("last", 0.5, schedule="iterative", epochs=[1, 3], ratios=[0.125, 0.5])
+    gr = StatePruningCallback("last", 0.8, schedule="gradual", start_epoch=0, end_epoch=4, frequency=2,
+                              initial_ratio=0.2)
+    for cb in (it, gr):
+        before = cb.schedule.steps
+        cb.setup(trainer, model, "fit")
+        assert cb.schedule.steps == before
+    assert it.schedule.steps == ((1, 0.125), (3, 0.5))
+    assert [e for e, _ in gr.schedule.steps] == [0, 2, 4] and gr.schedule.steps[0][1] == pytest.approx(0.2)
+    # a during-training schedule whose step never came writes nothing at fit end
+    late = StatePruningCallback("last", 0.5, epoch=9, out_dir=str(tmp_path / "late"))
+    late.on_fit_end(trainer, model)
+    assert not (tmp_path / "late").exists()
