@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--json out.json]
 
 Checks, on the CUDA device, against float64 sequential recurrences computed on the CPU from each
-layer's ``discretized_system()`` (the same references as tests/reference.py):
+layer's raw parameters by the textbook discretization (the references of tests/reference.py):
 
 1. S5 (every scan algorithm) and S4D outputs at L = 1024, uni-/bidirectional, ZOH/bilinear, with
    slow modes near the unit circle — once with full-precision float32 matmuls and once with the

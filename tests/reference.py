@@ -1,9 +1,12 @@
-"""Independent float64 references for the tests: plain sequential recurrences built from a layer's
-``discretized_system()`` (the protocol), never from the layer's own fast paths."""
+"""Independent float64 references for the tests: plain sequential recurrences over the discrete system
+that ``reference_disc.textbook_system`` builds from the layer's raw parameters, never from the
+layer's own discretization or fast paths."""
 
 from __future__ import annotations
 
 import torch
+
+from reference_disc import textbook_system
 
 
 @torch.no_grad()
@@ -15,7 +18,7 @@ def recurrence_output(layer, u: torch.Tensor, keep: torch.Tensor | None = None,
     ``keep`` (bool [n]) selects the states that exist; default: the layer's ``state_mask``. States
     not kept are *deleted* from the system (rows of B̄, columns of C, entries of λ̄), not zeroed.
     """
-    lam, B, C = layer.discretized_system(torch.complex128, step_rescale=step_rescale)
+    lam, B, C = textbook_system(layer, step_rescale=step_rescale)
     keep = layer.state_mask if keep is None else keep
     idx = keep.nonzero().squeeze(1)
     lam, B, C = lam[idx], B[idx], C[..., idx]
