@@ -78,7 +78,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                               check_x=x, tolerance=opts["tolerance"], source=str(path))
     states = [s["shape"][1:] for s in report["state"][:-2]]
     print(f"checkpoint {path}: streaming model, {len(states)} layers, kept states per layer "
-          f"{[s[1] for s in states]}, frame {opts['frame']} step(s), input {report['input']['shape']}")
+          f"{[s[0] for s in states]}, frame {opts['frame']} step(s), input {report['input']['shape']}")
     checks = report["checks"]
     for fmt in opts["formats"]:
         c = checks[fmt]

@@ -201,7 +201,7 @@ class StreamingModel(nn.Module):
 
     ``forward(x, state) → (logits, state)`` consumes exactly ``frame`` steps: ``x`` is float32
     ``[B, frame, d_input]`` (tokens: int64 ``[B, frame]``). The state is a tuple
-    ``(x_1, …, x_L, pooled, count)``: ``x_l: float32 [B, 2, n_l]`` the real and imaginary parts of
+    ``(x_1, …, x_L, pooled, count)``: ``x_l: float32 [B, n_l, 2]`` the real and imaginary parts of
     layer l's kept states, ``pooled: [B, H]`` the running mean of the final features (``"last"``:
     the last step's features) and ``count: [B, 1]`` the steps seen. Logits: float32 [B, d_output].
 
@@ -209,7 +209,7 @@ class StreamingModel(nn.Module):
         model: the source model (copied: later changes do not reach this module).
         frame: steps per call.
         step_rescale: multiplies every Δ (default: each layer's own).
-        chunk: chunk length of the frame scan (default ⌈√frame⌉).
+        chunk: chunk length of the frame scan (default: the power of two at or above √frame).
     """
 
     def __init__(self, model: SequenceModel, frame: int = 1, step_rescale: float | None = None,
@@ -235,7 +235,7 @@ class StreamingModel(nn.Module):
 
     def state_shapes(self) -> list[tuple[str, list[int]]]:
         """Name and per-sample shape of every state tensor, in order."""
-        return ([(f"state_{i}", [2, b.ssm.n]) for i, b in enumerate(self.blocks)]
+        return ([(f"state_{i}", [b.ssm.n, 2]) for i, b in enumerate(self.blocks)]
                 + [("pooled", [self.d_model]), ("count", [1])])
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:

@@ -123,7 +123,7 @@ class DiagonalSSM(nn.Module):
         Args:
             frame: T, steps per call.
             step_rescale: multiplies every Δ; defaults to the layer's ``step_rescale``.
-            chunk: chunk length of the frame scan (default ⌈√T⌉).
+            chunk: chunk length of the frame scan (default: the power of two at or above √T).
         """
         self.check_streamable()
         rescale = self.step_rescale if step_rescale is None else float(step_rescale)
@@ -131,7 +131,7 @@ class DiagonalSSM(nn.Module):
             return StreamingSSM(frame=frame, chunk=chunk, **self._recurrent_form(rescale)).to(self.D.device)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
-        """Zero state ``float32 [batch, 2, n_kept]`` for :meth:`step`: (Re x, Im x) of the active
+        """Zero state ``float32 [batch, n_kept, 2]`` for :meth:`step`: (Re x, Im x) of the active
         states only (S4D: ``n_kept`` = H × the largest active count of a channel)."""
         return self.streaming().init_state(batch, device)
 
@@ -144,7 +144,7 @@ class DiagonalSSM(nn.Module):
 
         Args:
             u: real [B, H] (one step) or [B, T, H] (a frame of T steps, scanned in parallel).
-            state: float32 [B, 2, n_kept] from :meth:`init_state` or the previous call.
+            state: float32 [B, n_kept, 2] from :meth:`init_state` or the previous call.
             step_rescale: multiplies every Δ; defaults to the layer's ``step_rescale``.
 
         Returns:
