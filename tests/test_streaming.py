@@ -181,8 +181,12 @@ def make_model(name: str) -> SequenceModel:
     kw = dict(MODELS[name])
     inputs = {} if "vocab_size" in kw else dict(d_input=3)
     model = SequenceModel(5, **inputs, d_model=H, n_layers=2, dropout=0.25, bn_momentum=0.5, **kw)
-    # Non-trivial BatchNorm running statistics.
+    # Non-trivial norm affines and BatchNorm running statistics.
     with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm | torch.nn.BatchNorm1d):
+                mod.weight.normal_(1.0, 0.2)
+                mod.bias.normal_(0.0, 0.2)
         model.train()
         for _ in range(3):
             model(model_input(model, 8, 40) * 3 + 1 if not model.tokens else model_input(model, 8, 40))
