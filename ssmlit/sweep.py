@@ -151,17 +151,17 @@ def check_options(cfg: DictConfig) -> Options:
             raise SweepInputError(f"eval.device={dev!r} is not a device (auto, cpu, cuda, cuda:N)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SweepInputError(f"eval.device={dev} but CUDA is not available here")
-    stream_formats = None
-    st = cfg.select.stream
-    if st.enabled and cfg.select.export and budget is not None:
-        from ssmlit.export.core import ExportInputError, check_formats, check_frame
+    from ssmlit.export.core import ExportInputError, check_formats, check_frame
 
-        try:
-            stream_formats = check_formats(list(st.formats) if not isinstance(st.formats, str) else st.formats)
-            check_frame(st.frame)
-        except ExportInputError as e:
-            raise SweepInputError(f"select.stream: {e} (select.stream.enabled=false turns the streaming export off)") \
-                from None
+    st = cfg.select.stream
+    used = bool(st.enabled and cfg.select.export and budget is not None)
+    try:
+        formats = check_formats(list(st.formats) if not isinstance(st.formats, str) else st.formats, used)
+        check_frame(st.frame)
+    except ExportInputError as e:
+        raise SweepInputError(f"select.stream: {e} (select.stream.enabled=false turns the streaming export off)") \
+            from None
+    stream_formats = formats if used else None
     return Options(methods, ratios, seeds, threshold, plot_ratio, budget, select_method, device, stream_formats)
 
 

@@ -421,3 +421,5 @@ def test_bad_stream_options_fail_before_evaluation(study, no_evaluation):
                               ("select.stream.frame=0", "select.stream: frame must be an integer >= 1")]:
         with pytest.raises(SweepInputError, match=message):
             sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", "select.budget=1.0", override))
+        with pytest.raises(SweepInputError, match=message):  # a typo fails even where the export is off
+            sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", override))

@@ -44,8 +44,9 @@ class ExportCheckError(RuntimeError):
     """An exported artifact disagrees with ``model.step`` on the check stream (nothing was written)."""
 
 
-def check_formats(value: Any) -> list[str]:
-    """``"onnx"``, ``"torch_export"``, ``"all"`` or a list of the first two → the validated list."""
+def check_formats(value: Any, need_runtime: bool = True) -> list[str]:
+    """``"onnx"``, ``"torch_export"``, ``"all"`` or a list of the first two → the validated list
+    (with ``need_runtime``, also that the packages ONNX export needs are installed)."""
     items = [value] if isinstance(value, str) else list(value) if value is not None else []
     if items == ["all"]:
         items = list(FORMATS)
@@ -54,7 +55,7 @@ def check_formats(value: Any) -> list[str]:
         raise ExportInputError(f"unknown export format {bad[0] if bad else value!r}; choose from "
                                f"{sorted(FORMATS)} (or all, or a list of them)")
     formats = list(dict.fromkeys(items))
-    if "onnx" in formats and (missing := onnx_available()):
+    if need_runtime and "onnx" in formats and (missing := onnx_available()):
         raise ExportInputError(missing)
     return formats
 
