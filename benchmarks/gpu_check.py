@@ -10,7 +10,9 @@ layer's raw parameters by the textbook discretization (the references of tests/r
    TF32 setting of ``matmul_precision: high``;
 2. masked ≡ compacted models and CUDA plans ≡ CPU plans (``plan_pruning``);
 3. a bf16-mixed forward/backward of a SequenceModel (the recurrences stay in float32);
-4. a few Lightning training steps on the GPU with the StatePruningCallback pruning mid-run.
+4. a few Lightning training steps on the GPU with the StatePruningCallback pruning mid-run;
+5. streaming inference on the device (``model.streaming``: one step and 160-step frames, S5 and
+   S4D, pruned and compacted) against the CPU's parallel forward.
 
 Exits non-zero if a check fails; prints one line per check.
 """
@@ -141,6 +143,34 @@ def lightning_check(dev: torch.device) -> None:
     check(f"{dev.type} training (6 epochs digits, pruned 50% at epoch 2): 1 - test acc", 1 - acc, 0.5)
 
 
+def streaming_checks(dev: torch.device) -> None:
+    from ssmlit.pruning import apply_pruning, compact_model, plan_pruning
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for layer, ssm in (("s5", dict(d_state=32, blocks=2)), ("s4d", dict(d_state=16))):
+        torch.manual_seed(0)
+        model = SequenceModel(10, d_input=3, layer=layer, d_model=32, n_layers=3, ssm=ssm)
+        with torch.no_grad():
+            model.train()
+            model(torch.randn(8, 200, 3) * 2 + 1)  # non-trivial BatchNorm statistics
+        model.eval()
+        apply_pruning(model, plan_pruning(model, "last", 0.5))
+        x = torch.randn(4, 640, 3)
+        with torch.no_grad():
+            ref = model(x)
+        for name, m in (("masked", model), ("compacted", compact_model(model).eval())):
+            for frame in (1, 160):
+                stream = m.to(dev).streaming(frame)
+                state = stream.init_state(4, dev)
+                xd = x.to(dev)
+                with torch.inference_mode():
+                    for t in range(0, x.shape[1], frame):
+                        logits, state = stream(xd[:, t:t + frame], state)
+                err = float((logits.cpu() - ref).abs().max() / ref.abs().max())
+                check(f"{layer} {name} streaming, frame {frame} ({dev.type}) vs CPU forward", err, 1e-4)
+            m.cpu()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=None)
@@ -152,6 +182,7 @@ def main() -> None:
     pruning_checks(dev)
     if dev.type == "cuda":
         mixed_precision_check(dev)
+    streaming_checks(dev)
     lightning_check(dev)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -74,6 +74,7 @@ class Options:
     budget: float | None
     select_method: str
     device: torch.device
+    stream_formats: list[str] | None = None  # streaming export of the selected model (None: off)
 
 
 def _as_list(value: Any, what: str) -> list[Any]:
@@ -150,7 +151,18 @@ def check_options(cfg: DictConfig) -> Options:
             raise SweepInputError(f"eval.device={dev!r} is not a device (auto, cpu, cuda, cuda:N)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SweepInputError(f"eval.device={dev} but CUDA is not available here")
-    return Options(methods, ratios, seeds, threshold, plot_ratio, budget, select_method, device)
+    from ssmlit.export.core import ExportInputError, check_formats, check_frame
+
+    st = cfg.select.stream
+    used = bool(st.enabled and cfg.select.export and budget is not None)
+    try:
+        formats = check_formats(list(st.formats) if not isinstance(st.formats, str) else st.formats, used)
+        check_frame(st.frame)
+    except ExportInputError as e:
+        raise SweepInputError(f"select.stream: {e} (select.stream.enabled=false turns the streaming export off)") \
+            from None
+    stream_formats = formats if used else None
+    return Options(methods, ratios, seeds, threshold, plot_ratio, budget, select_method, device, stream_formats)
 
 
 def module_arch(run: LoadedRun) -> str:
@@ -277,7 +289,8 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
           f"({masked.reused} reused: identical masks) in {sweep_s:.1f} s; total {time.time() - started:.1f} s")
     print(f"written to {out}: sweep.csv, sweep.json, summary.md, accuracy_vs_ratio.png, remaining_states.png"
           + (", tb/" if cfg.tensorboard else "")
-          + (", compact.ckpt" if selection and selection.get("compact") else ""))
+          + (", compact.ckpt" if selection and selection.get("compact") else "")
+          + (", stream/" if selection and "files" in selection.get("compact", {}).get("stream", {}) else ""))
     return result
 
 
@@ -332,6 +345,14 @@ def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: M
         module.model.cpu()
         comp["bench"] = dict(device=str(evaluator.device), threads=torch.get_num_threads(),
                              repeats=int(s.bench.repeats), warmup=int(s.bench.warmup), **bench)
+    if opts.stream_formats:
+        from ssmlit.study.stream import export_compact_stream
+
+        comp["stream"] = export_compact_stream(
+            module.model, reloaded, evaluator.first_batch(check), out / "stream", opts.stream_formats,
+            int(s.stream.frame), str(path), dict(s.bench) if s.bench.enabled else None)
+        if "skipped" in comp["stream"]:
+            print(f"note: no streaming export: {comp['stream']['skipped']}")
     sel["compact"] = comp
     return sel
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock
@@ -385,3 +386,40 @@ def test_evaluator_counts_exactly_and_honours_each_variants_step_rescale():
     model.seen.clear()
     assert ev.evaluate(model, ["test"])["test"].as_dict() == out["test"].as_dict()
     assert torch.equal(ev.logits(model, "val"), logits)
+
+
+# -- streaming export of the selected model ----------------------------------------------------------
+def test_selection_writes_the_streaming_export_with_its_latency(study):
+    from ssmlit.export import OnnxStream
+    from ssmlit.training import SequenceClassifier
+
+    stream = study["data"]["selection"]["compact"]["stream"]
+    out = study["out"] / "stream"
+    assert sorted(p.name for p in out.iterdir()) == ["stream.json", "stream.onnx", "stream.pt2"]
+    for fmt in ("onnx", "torch_export"):
+        assert stream["checks"][fmt]["prediction_agreement"] == 1.0
+        assert stream["checks"][fmt]["max_abs_logit_diff"] < 1e-4
+    assert stream["checks"]["batch"] == 8 and stream["checks"]["steps"] == 64  # real test digits
+    lat = stream["latency"]["frame_1"]
+    assert lat["full"]["seconds_per_call"] > 0 and lat["compact"]["seconds_per_call"] > 0
+    assert "streaming export (frame 1)" in study["stdout"] and "streaming latency (1-step frames" in study["stdout"]
+    # The file streams the compact checkpoint's model.
+    compact = SequenceClassifier.load_from_checkpoint(study["out"] / "compact.ckpt", weights_only=True).model.eval()
+    session = OnnxStream(out / "stream.onnx")
+    assert [s[0] for s in (i.shape[1:] for i in session.session.get_inputs()[1:-2])] == \
+        [layer.n_active for layer in compact.ssm_layers()]
+    x = torch.rand(2, 10, 1)
+    state, ref = session.init_state(2), compact.init_state(2)
+    for t in range(10):
+        got, state = session(x[:, t:t + 1].numpy(), state)
+        want, ref = compact.step(x[:, t], ref)
+    assert np.abs(got - want.numpy()).max() < 1e-4
+
+
+def test_bad_stream_options_fail_before_evaluation(study, no_evaluation):
+    for override, message in [("select.stream.formats=[onnx,tflite]", "select.stream: unknown export format 'tflite'"),
+                              ("select.stream.frame=0", "select.stream: frame must be an integer >= 1")]:
+        with pytest.raises(SweepInputError, match=message):
+            sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", "select.budget=1.0", override))
+        with pytest.raises(SweepInputError, match=message):  # a typo fails even where the export is off
+            sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", override))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ from torch import nn
 from ssmlit.utils import atomic_write_bytes
 
 from .base import DiagonalSSM
-from .blocks import ResidualBlock, SequenceNorm
+from .blocks import ResidualBlock, SequenceNorm, StreamingBlock, StreamingNorm
 from .s4d import S4D
 from .s5 import S5
 
@@ -160,6 +161,119 @@ class SequenceModel(nn.Module):
         feats = self.features(x.flatten(0, 1), None if lengths is None else lengths.reshape(-1), step_rescale)
         u, v = feats.view(B, 2, -1).unbind(1)
         return self.head(torch.cat((u, v, u - v, u * v), -1))
+
+
+    # -- streaming ------------------------------------------------------------------------------
+    def streaming(self, frame: int = 1, step_rescale: float | None = None, chunk: int | None = None
+                  ) -> StreamingModel:
+        """A frozen, real-valued streaming copy of this model that consumes ``frame`` steps per call
+        (see :class:`StreamingModel`). Raises ValueError for models that cannot stream
+        (bidirectional layers, the two-document retrieval head)."""
+        return StreamingModel(self, frame, step_rescale, chunk)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """Zero stream state for :meth:`step` (layout: :meth:`StreamingModel.init_state`)."""
+        return self.streaming().init_state(batch, device)
+
+    def step(self, x: torch.Tensor, state: Sequence[torch.Tensor], step_rescale: float | None = None
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Feed the next step(s) of a stream and read the logits so far.
+
+        After the stream's L-th step the logits equal ``model(x[:, :L])`` in eval mode (BatchNorm's
+        running statistics, no dropout): the readout is the running mean of the pooled features
+        (``pooling="mean"``) or the last step's (``"last"``), then the decoder. Inference only; the
+        streaming copy is rebuilt per call, so for a fast loop build :meth:`streaming` once.
+
+        Args:
+            x: one step ``[B, d_input]`` (tokens: long ``[B]``) or a frame ``[B, T, d_input]``
+                (tokens ``[B, T]``), scanned in parallel inside the frame.
+            state: from :meth:`init_state` or the previous call.
+            step_rescale: multiplies every Δ of every SSM (a stream sampled at another rate).
+
+        Returns:
+            ``(logits float32 [B, d_output], state)``.
+        """
+        one = x.dim() == (1 if self.tokens else 2)
+        frame = x[:, None] if one else x
+        if frame.dim() != (2 if self.tokens else 3):
+            want = "[batch] or [batch, T] token ids" if self.tokens else "[batch, d_input] or [batch, T, d_input]"
+            raise ValueError(f"SequenceModel.step expects {want}, got {tuple(x.shape)}")
+        with torch.no_grad():
+            return self.streaming(frame.shape[1], step_rescale)(frame if self.tokens else frame.float(), tuple(state))
+
+
+class StreamingModel(nn.Module):
+    """A :class:`SequenceModel` frozen for streaming inference, in real float32 arithmetic only, so
+    that ``torch.export`` and ONNX can capture it (``ssmlit.export``).
+
+    ``forward(x, state) → (logits, state)`` consumes exactly ``frame`` steps: ``x`` is float32
+    ``[B, frame, d_input]`` (tokens: int64 ``[B, frame]``). The state is a tuple
+    ``(x_1, …, x_L, pooled, count)``: ``x_l: float32 [B, n_l, 2]`` the real and imaginary parts of
+    layer l's kept states, ``pooled: [B, H]`` the running mean of the final features (``"last"``:
+    the last step's features) and ``count: [B, 1]`` the steps seen. Logits: float32 [B, d_output].
+
+    Args:
+        model: the source model (copied: later changes do not reach this module).
+        frame: steps per call.
+        step_rescale: multiplies every Δ (default: each layer's own).
+        chunk: chunk length of the frame scan (default: the power of two at or above √frame).
+    """
+
+    def __init__(self, model: SequenceModel, frame: int = 1, step_rescale: float | None = None,
+                 chunk: int | None = None) -> None:
+        super().__init__()
+        if model.retrieval:
+            raise ValueError("a retrieval model (two documents compared after pooling) cannot stream; "
+                             "streaming needs one input sequence")
+        for i, layer in enumerate(model.ssm_layers()):
+            try:
+                layer.check_streamable()
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+        self.frame, self.pooling, self.tokens = frame, model.pooling, model.tokens
+        self.d_model = model.encoder.embedding_dim if self.tokens else model.encoder.out_features
+        self.d_input = None if self.tokens else model.encoder.in_features
+        self.d_output = model.head.out_features
+        self.encoder = copy.deepcopy(model.encoder).requires_grad_(False)
+        self.blocks = nn.ModuleList(StreamingBlock(b, frame, step_rescale, chunk) for b in model.blocks)
+        self.final_norm = StreamingNorm(model.final_norm) if model.final_norm is not None else None
+        self.head = copy.deepcopy(model.head).requires_grad_(False)
+        self.eval()
+
+    def state_shapes(self) -> list[tuple[str, list[int]]]:
+        """Name and per-sample shape of every state tensor, in order."""
+        return ([(f"state_{i}", [b.ssm.n, 2]) for i, b in enumerate(self.blocks)]
+                + [("pooled", [self.d_model]), ("count", [1])])
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """The state of an empty stream: zeros (module docstring)."""
+        device = self.head.weight.device if device is None else device
+        return tuple(torch.zeros(batch, *shape, device=device) for _, shape in self.state_shapes())
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if len(state) != len(self.blocks) + 2:
+            raise ValueError(f"state must hold {len(self.blocks) + 2} tensors (one per layer, pooled, count), "
+                             f"got {len(state)}")
+        want = (x.shape[0], self.frame) if self.tokens else (x.shape[0], self.frame, self.d_input)
+        if tuple(x.shape) != want:
+            raise ValueError(f"this streaming model takes frames of shape [batch, {', '.join(map(str, want[1:]))}], "
+                             f"got {tuple(x.shape)}")
+        h = self.encoder(x)
+        new = []
+        for block, s in zip(self.blocks, state):
+            h, s = block(h, s)
+            new.append(s)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        pooled, count = state[-2], state[-1]
+        if self.pooling == "last":
+            pooled = h[:, -1]
+        else:
+            # (count·mean + Σ h) / (count + T), written as an update that stays O(1) in size.
+            count = count + self.frame
+            pooled = pooled + (h.sum(1) - self.frame * pooled) / count
+        return self.head(pooled), (*new, pooled, count)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .recurrence import StreamingSSM
+
 
 class DiagonalSSM(nn.Module):
     """Base class of S4D and S5: the state mask, precision handling and the protocol's signatures.
@@ -104,6 +106,61 @@ class DiagonalSSM(nn.Module):
         with ctx:
             y = self._forward(u.float(), rescale)
         return y.to(u.dtype)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def _recurrent_form(self, step_rescale: float) -> dict[str, Any]:
+        """The kept states' system for :class:`~ssmlit.models.recurrence.StreamingSSM` (complex128)."""
+        raise NotImplementedError
+
+    def check_streamable(self) -> None:
+        """Raise ValueError if this layer cannot run as a recurrence (bidirectional)."""
+        if self.bidirectional:
+            raise ValueError(f"a bidirectional {type(self).__name__} layer cannot stream: its output at step k "
+                             "depends on the inputs after k (the reverse-time scan); only unidirectional models "
+                             "(ssm.bidirectional=false) have a streaming form")
+
+    def streaming(self, frame: int = 1, step_rescale: float | None = None,
+                  chunk: int | None = None) -> StreamingSSM:
+        """A frozen real-valued copy of this layer that processes ``frame`` steps per call, carrying
+        its state (see :mod:`ssmlit.models.recurrence`); masked states are left out.
+
+        Args:
+            frame: T, steps per call.
+            step_rescale: multiplies every Δ; defaults to the layer's ``step_rescale``.
+            chunk: chunk length of the frame scan (default: the power of two at or above √T).
+        """
+        self.check_streamable()
+        rescale = self.step_rescale if step_rescale is None else float(step_rescale)
+        with torch.no_grad():
+            return StreamingSSM(frame=frame, chunk=chunk, **self._recurrent_form(rescale)).to(self.D.device)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Zero state ``float32 [batch, n_kept, 2]`` for :meth:`step`: (Re x, Im x) of the active
+        states only (S4D: ``n_kept`` = H × the largest active count of a channel)."""
+        return self.streaming().init_state(batch, device)
+
+    def step(self, u: torch.Tensor, state: torch.Tensor, step_rescale: float | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance the recurrence x_k = λ̄ x_{k−1} + B̄u_k, y_k = 2·Re(C x_k) + D⊙u_k (module docstring).
+
+        Inference only (no gradient to the parameters); the discretization is recomputed per call,
+        so for repeated calls build :meth:`streaming` once.
+
+        Args:
+            u: real [B, H] (one step) or [B, T, H] (a frame of T steps, scanned in parallel).
+            state: float32 [B, n_kept, 2] from :meth:`init_state` or the previous call.
+            step_rescale: multiplies every Δ; defaults to the layer's ``step_rescale``.
+
+        Returns:
+            ``(y, state)``: y with the shape and dtype of ``u``; the state after the last step.
+        """
+        one = u.dim() == 2
+        frame = u[:, None] if one else u
+        if frame.dim() != 3 or frame.shape[-1] != self.d_model:
+            raise ValueError(f"{type(self).__name__}.step expects u [batch, {self.d_model}] or [batch, T, "
+                             f"{self.d_model}], got {tuple(u.shape)}")
+        y, state = self.streaming(frame.shape[1], step_rescale)(frame.float(), state)
+        return (y[:, 0] if one else y).to(u.dtype), state
 
 
 def as_complex(p: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,9 @@ time-broadcast dropout.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,18 +110,7 @@ class ResidualBlock(nn.Module):
             self.out = nn.Linear(H, 2 * H)
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        g = self.drop(F.gelu(y, approximate=self.gelu_approximate))
-        if self.activation == "gelu":
-            return g
-        if self.activation == "full_glu":
-            g = self.out1(g) * torch.sigmoid(self.out2(g))
-        elif self.activation == "half_glu1":
-            g = g * torch.sigmoid(self.out2(g))
-        elif self.activation == "half_glu2":
-            g = y * torch.sigmoid(self.out2(g))
-        else:  # glu
-            g = F.glu(self.out(g), dim=-1)
-        return self.drop(g)
+        return activate(self, y, self.drop)
 
     def forward(
         self, x: torch.Tensor, valid: torch.Tensor | None = None, step_rescale: float | None = None
@@ -130,3 +122,92 @@ class ResidualBlock(nn.Module):
             z = z * valid[..., None]
         z = x + self._activate(self.ssm(z, step_rescale))
         return z if self.prenorm else self.norm(z)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def streaming(self, frame: int = 1, step_rescale: float | None = None, chunk: int | None = None
+                  ) -> StreamingBlock:
+        """A frozen streaming copy of this block (inference semantics: BatchNorm's running
+        statistics, no dropout); see :meth:`DiagonalSSM.streaming`."""
+        return StreamingBlock(self, frame, step_rescale, chunk)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor, step_rescale: float | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: real [B, T, H]`` (a frame) and the SSM's state → ``(block output [B, T, H], state)``,
+        as :meth:`forward` in eval mode over the concatenated stream."""
+        with torch.no_grad():
+            return self.streaming(x.shape[1], step_rescale)(x.float(), state)
+
+
+def activate(block: Any, y: torch.Tensor, drop: nn.Module | None) -> torch.Tensor:
+    """The block's activation variant (module docstring) on the SSM output ``y: [..., H]``.
+
+    ``block`` supplies ``activation``, ``gelu_approximate`` and the variant's linears (``out1``,
+    ``out2``, ``out``), so :class:`ResidualBlock` and its :class:`StreamingBlock` share this code;
+    ``drop=None`` means no dropout.
+    """
+    drop = drop if drop is not None else (lambda t: t)
+    g = drop(F.gelu(y, approximate=block.gelu_approximate))
+    if block.activation == "gelu":
+        return g
+    if block.activation == "full_glu":
+        g = block.out1(g) * torch.sigmoid(block.out2(g))
+    elif block.activation == "half_glu1":
+        g = g * torch.sigmoid(block.out2(g))
+    elif block.activation == "half_glu2":
+        g = y * torch.sigmoid(block.out2(g))
+    else:  # glu
+        g = F.glu(block.out(g), dim=-1)
+    return drop(g)
+
+
+class StreamingNorm(nn.Module):
+    """A :class:`SequenceNorm` frozen for inference over the last dimension of any ``[..., H]``:
+    BatchNorm as the affine map of its running statistics, LayerNorm per step."""
+
+    def __init__(self, norm: SequenceNorm) -> None:
+        super().__init__()
+        self.kind = norm.kind
+        inner = norm.norm
+        with torch.no_grad():
+            ones = torch.ones(inner.normalized_shape if self.kind == "layer" else inner.num_features,
+                              device=inner.weight.device if inner.weight is not None else None)
+            weight = inner.weight.detach().clone() if inner.weight is not None else ones
+            bias = inner.bias.detach().clone() if inner.bias is not None else torch.zeros_like(ones)
+            if self.kind == "batch":
+                if inner.running_mean is None:
+                    raise ValueError("a BatchNorm without running statistics (track_running_stats=False) "
+                                     "normalizes by batch statistics and cannot stream")
+                scale = weight / torch.sqrt(inner.running_var + inner.eps)
+                self.register_buffer("scale", scale.float())
+                self.register_buffer("shift", (bias - inner.running_mean * scale).float())
+            else:
+                self.register_buffer("weight", weight.float())
+                self.register_buffer("bias", bias.float())
+                self.shape, self.eps = tuple(inner.normalized_shape), float(inner.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "batch":
+            return torch.addcmul(self.shift, x, self.scale)
+        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+class StreamingBlock(nn.Module):
+    """A :class:`ResidualBlock` frozen for streaming: ``forward(x [B, frame, H], state)`` →
+    ``(y [B, frame, H], state)`` with the SSM as :class:`~ssmlit.models.recurrence.StreamingSSM`."""
+
+    def __init__(self, block: ResidualBlock, frame: int = 1, step_rescale: float | None = None,
+                 chunk: int | None = None) -> None:
+        super().__init__()
+        self.ssm = block.ssm.streaming(frame, step_rescale, chunk)
+        self.norm = StreamingNorm(block.norm)
+        self.prenorm, self.activation = block.prenorm, block.activation
+        self.gelu_approximate = block.gelu_approximate
+        for name in ("out1", "out2", "out"):
+            if hasattr(block, name):
+                setattr(self, name, copy.deepcopy(getattr(block, name)).requires_grad_(False))
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.norm(x) if self.prenorm else x
+        y, state = self.ssm(z, state)
+        z = x + activate(self, y, None)
+        return (z if self.prenorm else self.norm(z)), state

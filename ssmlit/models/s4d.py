@@ -277,6 +277,19 @@ class S4D(DiagonalSSM):
             getattr(new, name).copy_(take(getattr(self, name)))
         return new
 
+    def _recurrent_form(self, step_rescale: float) -> dict[str, Any]:
+        """Per channel, its active modes first (the order of :meth:`compact`), padded to the largest
+        active count w with zero-input, zero-output filler: log λ̄, B̄, C complex128 [H, w]."""
+        log_lam, _, B_bar, C = self._per_channel(step_rescale, torch.complex128)  # [H, N2] each, C [d, H, N2]
+        mask = self.state_mask.view_as(log_lam)
+        width = int(mask.sum(1).max())
+        if width == 0:
+            raise ValueError("cannot stream an S4D layer whose states are all masked; keep at least one")
+        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        kept = mask.gather(1, order)
+        return dict(kind="diag", log_lam=log_lam.gather(1, order), B_bar=B_bar.gather(1, order) * kept,
+                    C=C[0].gather(1, order) * kept, D=self.D)
+
     # -- computation --------------------------------------------------------------------------
     def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
         log_lam, _, B_bar, C = self._per_channel(step_rescale)

@@ -161,6 +161,14 @@ class S5(DiagonalSSM):
             getattr(new, name).copy_(take(getattr(self, name)))
         return new
 
+    def _recurrent_form(self, step_rescale: float) -> dict[str, Any]:
+        """Kept states only: log λ̄ complex128 [k], B̄ [k, H], C [H, k] (the forward direction)."""
+        log_lam, _, B_bar, C = self._discrete(step_rescale, torch.complex128)
+        keep = self.state_mask.nonzero().squeeze(1)
+        if keep.numel() == 0:
+            raise ValueError("cannot stream an S5 layer whose states are all masked; keep at least one")
+        return dict(kind="mimo", log_lam=log_lam[keep], B_bar=B_bar[keep], C=C[0][:, keep], D=self.D)
+
     # -- computation --------------------------------------------------------------------------
     def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
         log_lam, _, B_bar, C = self._discrete(step_rescale)

@@ -1,4 +1,5 @@
-"""Inference cost of a model: parameters, per-layer state dimensions, throughput and peak memory.
+"""Inference cost of a model: parameters, per-layer state dimensions, throughput, peak memory and
+streaming latency.
 
 Measurement protocol (the same for every model compared):
 
@@ -144,3 +145,47 @@ def compare_inference(
         out[name] = dict(batch_size=int(x.shape[0]), seconds_per_batch=med, seconds_min=min(times[name]),
                          samples_per_s=x.shape[0] / med, speedup=speedup, peak_memory_bytes=peak)
     return out
+
+
+def stream_latency(
+    models: Mapping[str, nn.Module], frame: int = 1, batch: int = 1, warmup: int = 3, repeats: int = 10,
+    calls: int = 20,
+) -> dict[str, dict[str, float]]:
+    """Latency of streaming inference (``model.streaming(frame)``, eager, CPU) per call.
+
+    Same protocol as :func:`compare_inference`: warm-up calls, then ``repeats`` interleaved rounds
+    in which each model makes ``calls`` consecutive calls carrying its state; the median of the
+    per-call means is reported.
+
+    Returns:
+        name → ``{"frame", "batch", "seconds_per_call", "seconds_per_step", "speedup"}`` (speed-up
+        against the first model, median of per-round ratios).
+    """
+    if repeats < 1 or warmup < 0 or calls < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, calls >= 1, got {repeats}, {warmup}, {calls}")
+    runs: dict[str, Callable[[], None]] = {}
+    for name, model in models.items():
+        stream = model.cpu().streaming(frame)
+        x = (torch.zeros(batch, frame, dtype=torch.long) if stream.tokens
+             else torch.randn(batch, frame, stream.d_input, generator=torch.Generator().manual_seed(0)))
+        state = [stream.init_state(batch)]
+
+        def run(stream=stream, x=x, state=state) -> None:
+            with torch.inference_mode():
+                for _ in range(calls):
+                    _, state[0] = stream(x, state[0])
+
+        for _ in range(warmup):
+            run()
+        runs[name] = run
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - t0) / calls)
+    base = next(iter(times.values()))
+    return {name: dict(frame=frame, batch=batch, seconds_per_call=statistics.median(t),
+                       seconds_per_step=statistics.median(t) / frame,
+                       speedup=statistics.median(b / x for b, x in zip(base, t)))
+            for name, t in times.items()}

@@ -151,7 +151,30 @@ def selection_markdown(sel: dict[str, Any], variants: Sequence[str]) -> str:
                          f"samples/s ({bc['speedup']:.2f}× speed); peak memory {mem}")
         lines.append(f"  compact checkpoint: {comp['path']} (max |Δlogit| vs masked {comp['max_abs_logit_diff']:.2e}, "
                      f"same predictions on {100 * comp['prediction_agreement']:.2f}% of {comp['check_variant']})")
+        lines.extend(stream_lines(comp.get("stream")))
     return "\n".join(lines) + "\n"
+
+
+def stream_lines(stream: dict[str, Any] | None) -> list[str]:
+    """The streaming export's lines of the selection summary."""
+    if not stream:
+        return []
+    if "skipped" in stream:
+        return [f"  streaming export: none ({stream['skipped']})"]
+    checks = stream["checks"]
+    files = ", ".join(f"{stream['dir']}/{f}" for f in stream["files"].values())
+    worst = max(checks[f]["max_abs_logit_diff"] for f in stream["files"])
+    agree = min(checks[f]["prediction_agreement"] for f in stream["files"])
+    lines = [f"  streaming export (frame {stream['frame']}): {files} (max |Δlogit| vs model.step {worst:.2e}, "
+             f"same predictions {100 * agree:.1f}% over {checks['batch']} test sequences × {checks['steps']} steps)"]
+    for key, lat in (stream.get("latency") or {}).items():  # frame_1, frame_<F>, threads
+        if key == "threads":
+            continue
+        f, c = lat["full"], lat["compact"]
+        lines.append(f"  streaming latency ({f['frame']}-step frames, batch 1, eager CPU, "
+                     f"{stream['latency']['threads']} threads): {1e6 * f['seconds_per_call']:.0f} → "
+                     f"{1e6 * c['seconds_per_call']:.0f} µs per call ({c['speedup']:.2f}×)")
+    return lines
 
 
 # -- figures ---------------------------------------------------------------------------------------
