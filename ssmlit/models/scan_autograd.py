@@ -13,12 +13,14 @@ recurrence, i.e. a scan in the opposite time direction with conj(λ̄):
     ∂ℒ/∂λ̄̄ = Σ_{batch, t} g⁰_t ⊙ conj(x⁰_{t−1}) + g¹_t ⊙ conj(x¹_{t+1}),
     ∂ℒ/∂(log λ̄)‾ = conj(λ̄) ⊙ ∂ℒ/∂λ̄̄            (λ̄ = exp(log λ̄) is holomorphic).
 
-So the backward needs only the states x (which the C readout saves anyway; the same storage is
-shared) and no intermediate of the forward algorithm: autograd through the ``chunked`` scan kept its
-decay matrices and chunk partials, 438 MiB for one Path-X layer where u, x and their gradients are
-~60 MiB.
+So the backward needs the states x and no intermediate of the forward algorithm: autograd through
+the ``chunked`` scan kept its decay matrices and chunk partials, 438 MiB for one Path-X layer where
+u, x and their gradients are ~60 MiB. :func:`diagonal_recurrence` saves x; :func:`ssm_core` (the S5
+layer: B̄u, scans, readout) saves only its inputs and recomputes x in backward, one extra forward
+scan, so nothing of size [B, L, P] is held between forward and backward.
 
-Layout: time-major, state innermost — ``b: complex [B, L, P]``, ``x: complex [B, L, d, P]`` — the
+Layout: time-major, state innermost — ``b: complex [B, L, P]``, ``x: complex [B, L, d, P]`` (or one
+contiguous [B, L, P] per direction inside :func:`ssm_core`) — the
 layout the B̄u and C matmuls produce and consume without transposes, and the one a GPU kernel reads
 coalesced (consecutive states are consecutive addresses at every time step).
 

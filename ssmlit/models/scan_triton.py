@@ -74,9 +74,10 @@ def _scan_kernel(
     gi = tl.zeros((BP,), dtype=tl.float32)
     j_start = pid_s * seg_len
     j_end = tl.minimum(j_start + seg_len, L)
-    src_b = src + pid_b * s_sb
-    dst_b = dst + pid_b * s_db
-    xs_b = xs + pid_b * s_xb
+    # 64-bit batch offsets: a [B, L, P] complex64 buffer passes 2³¹ floats at 8 GiB.
+    src_b = src + pid_b.to(tl.int64) * s_sb
+    dst_b = dst + pid_b.to(tl.int64) * s_db
+    xs_b = xs + pid_b.to(tl.int64) * s_xb
     col = 2 * p[None, :]
     for j0 in range(j_start, j_end, BT):
         j = j0 + rows  # position in loop order
@@ -156,6 +157,11 @@ def scan_direction(
     ``src`` may be ``dst`` (in place): each tile is read before it is written.
     """
     B, L, P = src.shape
+    if not INTERPRET and CONFIG["block_t"] * CONFIG["block_p"] < 32 * CONFIG["num_warps"]:
+        # A smaller tile replicates elements across threads, and an in-place scan (src is dst) could
+        # then read a value another thread has already overwritten.
+        raise ValueError(f"triton scan tile {CONFIG['block_t']}×{CONFIG['block_p']} is smaller than "
+                         f"{CONFIG['num_warps']} warps of 32 threads")
     n_seg, seg_len = _segments(B, L, P)
     if dst.stride(-1) != 1:
         raise ValueError("the triton scan writes into a destination whose states are contiguous")
