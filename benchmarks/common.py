@@ -73,7 +73,7 @@ def run_isolated(script: str, spec: dict, in_process: Callable[[dict], dict] | N
     if in_process is not None:
         try:
             return in_process(spec)
-        except RuntimeError as e:
+        except Exception as e:  # out of memory, a kernel that fails to compile, ...: one row, not the table
             import torch
 
             torch.cuda.empty_cache()

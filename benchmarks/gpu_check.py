@@ -1,13 +1,16 @@
 """GPU correctness check (CI has no GPU, so this is run by hand on a CUDA machine).
 
     python benchmarks/gpu_check.py [--json out.json]
+    python benchmarks/gpu_check.py --device cpu --tiny      # seconds: the script itself runs
 
 Checks, on the CUDA device, against float64 sequential recurrences computed on the CPU from each
 layer's raw parameters by the textbook discretization (the references of tests/reference.py):
 
-1. S5 (every scan algorithm) and S4D outputs at L = 1024, uni-/bidirectional, ZOH/bilinear, with
-   slow modes near the unit circle — once with full-precision float32 matmuls and once with the
-   TF32 setting of ``matmul_precision: high``;
+1. S5 (every scan engine, Triton included) and S4D outputs at L = 1024, uni-/bidirectional,
+   ZOH/bilinear, with slow modes near the unit circle — once with full-precision float32 matmuls and
+   once with the TF32 setting of ``matmul_precision: high``;
+1b. the Triton scan's forward and backward (``ssm_core``: output and every input gradient) against
+   the float64 CPU lean engine (itself gradchecked in the tests) at L = 4,096, uni-/bidirectional;
 2. masked ≡ compacted models and CUDA plans ≡ CPU plans (``plan_pruning``);
 3. a bf16-mixed forward/backward of a SequenceModel (the recurrences stay in float32);
 4. a few Lightning training steps on the GPU with the StatePruningCallback pruning mid-run;
@@ -31,7 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 
-from ssmlit.models import S4D, S5, SCANS, SequenceModel  # noqa: E402
+from ssmlit.models import S4D, S5, SequenceModel  # noqa: E402
+from ssmlit.models.s5 import SCAN_CHOICES  # noqa: E402
+from ssmlit.models.scan_autograd import ssm_core, triton_available  # noqa: E402
 
 from reference import recurrence_output, rel_err  # noqa: E402
 
@@ -54,15 +59,21 @@ def hard_s5(**kw) -> S5:
     return layer
 
 
-def layer_checks(dev: torch.device) -> None:
-    u = torch.randn(2, 1024, 16)
+def s5_scans(dev: torch.device) -> list[str]:
+    """Every S5 engine worth checking on ``dev`` (triton only on CUDA with triton installed)."""
+    skip = {"auto", "sequential"} | ({"triton"} if dev.type != "cuda" or not triton_available() else set())
+    return [s for s in SCAN_CHOICES if s not in skip]
+
+
+def layer_checks(dev: torch.device, L: int = 1024) -> None:
+    u = torch.randn(2, L, 16)
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         tag = "tf32" if tf32 else "fp32"
         for bidirectional in (False, True):
             for disc in ("zoh", "bilinear"):
-                for scan in sorted(s for s in SCANS if s != "sequential"):
+                for scan in s5_scans(dev):
                     torch.manual_seed(0)
                     layer = hard_s5(bidirectional=bidirectional, discretization=disc, scan=scan)
                     ref = recurrence_output(layer, u)
@@ -86,6 +97,33 @@ def layer_checks(dev: torch.device) -> None:
                 y = layer.to(dev)(u.to(dev)).cpu()
             check(f"S4D s4-convention [{tag}]", rel_err(y, ref), 1e-4 if not tf32 else 1e-2)
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def triton_gradient_checks(dev: torch.device, L: int = 4096, engine: str = "triton") -> None:
+    """ssm_core on the device with ``engine`` (float32; the Triton kernels on CUDA) vs the float64
+    lean engine on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for d in (1, 2):
+        torch.manual_seed(d)
+        B, H, P = 2, 16, 24
+        log_lam = torch.complex(-torch.logspace(-6, -1, P, dtype=torch.float64),
+                                torch.linspace(0, 3, P, dtype=torch.float64))  # |λ̄| from 1 − 1e-6
+        inputs = [torch.randn(B, L, H, dtype=torch.float64), torch.randn(H, 2 * P, dtype=torch.float64) / 4,
+                  log_lam, torch.randn(d, 2 * P, H, dtype=torch.float64) / 4]
+        w = torch.randn(B, L, H, dtype=torch.float64)
+
+        def run(tensors, engine, w):
+            tensors = [t.clone().requires_grad_() for t in tensors]
+            y = ssm_core(*tensors, engine=engine)
+            return [y, *torch.autograd.grad((y * w).sum(), tensors)]
+
+        ref = run(inputs, "lean", w)
+        low = [t.to(dev, torch.complex64 if t.is_complex() else torch.float32) for t in inputs]
+        got = run(low, engine, w.to(dev, torch.float32))
+        for name, g, r in zip(("y", "grad u", "grad W_in", "grad log_lam", "grad W_out"), got, ref):
+            r = r.detach()
+            err = float((g.detach().cpu().to(r.dtype) - r).norm() / r.norm())
+            check(f"{engine} ssm_core d={d} {name} vs float64", err, 2e-4)  # lean float32: 2.5e-5 – 4.2e-5
 
 
 def pruning_checks(dev: torch.device) -> None:
@@ -175,15 +213,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="short sequences and no training run (a smoke run)")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
-    layer_checks(dev)
-    pruning_checks(dev)
+    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"triton {'yes' if triton_available() else 'no'}; S5 engines checked: {s5_scans(dev)}")
+    # Each part is guarded: one crash (a missing optional package, say) does not hide the others.
+    parts = [("layers", lambda: layer_checks(dev, 128 if args.tiny else 1024))]
+    grad_engine = "triton" if "triton" in s5_scans(dev) else "lean"  # lean: exercises this check off CUDA
+    parts.append(("scan gradients", lambda: triton_gradient_checks(dev, 256 if args.tiny else 4096, grad_engine)))
+    parts.append(("pruning", lambda: pruning_checks(dev)))
     if dev.type == "cuda":
-        mixed_precision_check(dev)
-    streaming_checks(dev)
-    lightning_check(dev)
+        parts.append(("mixed precision", lambda: mixed_precision_check(dev)))
+    parts.append(("streaming", lambda: streaming_checks(dev)))
+    if not args.tiny:
+        parts.append(("lightning", lambda: lightning_check(dev)))
+    for name, fn in parts:
+        try:
+            fn()
+        except Exception as e:  # reported as a failed check; the other parts still run
+            check(f"{name}: crashed with {type(e).__name__}: {str(e).splitlines()[0][:120]}", math.inf, 0.0)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     failed = [r["check"] for r in results if not r["ok"]]

@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--ratios", default="0,0.3,0.5,0.6,0.9")
     ap.add_argument("--batch", type=int, default=None, help="override the per-task batch")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--scan", default="chunked")
+    ap.add_argument("--scan", default="auto", help="S5 scan engine (default: what the models use)")
     ap.add_argument("--no-masked", action="store_true", help="skip the masked (uncompacted) rows")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()

@@ -8,8 +8,9 @@ Notation follows the paper and lindermanlab/S5 (``s5/ssm.py``, ``s5/ssm_init.py`
 - B̃ = V⁻¹B₀ ∈ ℂ^{P×H}, C̃ = C₀V ∈ ℂ^{H×P} (one per direction), D ∈ ℝ^H, and one Δ per state
   (``log_step``), Δ = step_rescale·exp(log_step).
 - Discretization (Sec. 2 / App. C): ZOH Λ̄ = exp(ΛΔ), B̄ = Λ⁻¹(Λ̄ − I)B̃; or bilinear.
-- Recurrence x_k = Λ̄x_{k−1} + B̄u_k, y_k = 2·Re(C̃x_k) + D⊙u_k, computed by a parallel scan
-  (``ssmlit.models.scan``); bidirectional adds 2·Re(C̃₂x^b_k) from a reverse scan over the same Λ̄, B̄.
+- Recurrence x_k = Λ̄x_{k−1} + B̄u_k, y_k = 2·Re(C̃x_k) + D⊙u_k, computed by a scan engine
+  (``ssmlit.models.scan_autograd``: one autograd node with a transposed-scan backward);
+  bidirectional adds 2·Re(C̃₂x^b_k) from a reverse scan over the same Λ̄, B̄.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from torch import nn
 from .base import DiagonalSSM, as_complex, check_real_dtype, complex_param
 from .discretize import DISCRETIZATIONS, discretize
 from .hippo import block_diag_hippo_n, lecun_normal_
-from .scan import DEFAULT_CHUNK, SCANS, diagonal_scan
+from .scan import DEFAULT_CHUNK
+from .scan_autograd import ENGINES, ssm_core, triton_available
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
+SCAN_CHOICES = ("auto", *ENGINES)
 
 
 class S5(DiagonalSSM):
@@ -42,8 +45,8 @@ class S5(DiagonalSSM):
         dt_min, dt_max: range of the log-uniform initial Δ (one per state).
         clip_eigs: use Re Λ = min(Λ_re, −1e-4), which guarantees stability.
         step_rescale: default multiplier of Δ (overridable per call).
-        scan: the recurrence algorithm, one of ``chunked`` (default), ``assoc``, ``fft``,
-            ``sequential``.
+        scan: the recurrence engine: ``auto`` (default: ``triton`` on CUDA when triton is installed,
+            else ``lean``), ``lean``, ``triton``, ``chunked``, ``assoc``, ``fft``, ``sequential``.
         chunk_size: chunk length T of the ``chunked`` scan.
     """
 
@@ -59,7 +62,7 @@ class S5(DiagonalSSM):
         dt_max: float = 1e-1,
         clip_eigs: bool = False,
         step_rescale: float = 1.0,
-        scan: str = "chunked",
+        scan: str = "auto",
         chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         super().__init__()
@@ -67,8 +70,13 @@ class S5(DiagonalSSM):
             raise ValueError(f"unknown discretization {discretization!r}; choose one of {DISCRETIZATIONS}")
         if C_init not in C_INITS:
             raise ValueError(f"unknown C_init {C_init!r}; choose one of {C_INITS}")
-        if scan not in SCANS:
-            raise ValueError(f"unknown scan algorithm {scan!r}; choose one of {sorted(SCANS)}")
+        if scan not in SCAN_CHOICES:
+            raise ValueError(f"unknown scan algorithm {scan!r}; choose one of {list(SCAN_CHOICES)}")
+        if scan == "triton" and not triton_available():
+            raise ValueError("scan='triton' needs the triton package (pip install triton); "
+                             "scan='auto' uses it when present")
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_model, self.d_state, self.blocks = d_model, d_state, blocks
@@ -173,17 +181,16 @@ class S5(DiagonalSSM):
     def _forward(self, u: torch.Tensor, step_rescale: float) -> torch.Tensor:
         log_lam, _, B_bar, C = self._discrete(step_rescale)
         mask = self.state_mask
-        B_bar = B_bar * mask[:, None]  # a masked state receives no input, so its x stays 0
-        Bsz, L, H = u.shape
-        P = B_bar.shape[0]
-        uT = u.reshape(Bsz * L, H).T  # [H, B·L]
-        b = torch.complex(B_bar.real @ uT, B_bar.imag @ uT).view(P, Bsz, L)
-        xs = [diagonal_scan(log_lam, b, self.scan, reverse=rev, chunk_size=self.chunk_size)
-              for rev in ((False, True) if self.bidirectional else (False,))]
-        x = torch.cat(xs, 0).reshape(len(xs) * P, Bsz * L)  # [d·P, B·L]
-        Ccat = (C * mask).permute(1, 0, 2).reshape(H, len(xs) * P)  # [H, d·P]: [C_fwd | C_bwd]
-        y = 2 * (Ccat.real @ x.real - Ccat.imag @ x.imag)  # 2·Re(C x): [H, B·L]
-        return y.T.reshape(Bsz, L, H) + self.D * u
+        H = u.shape[-1]
+        P, d = B_bar.shape[0], C.shape[0]
+        # Parameter-only constants, built once per call: B̄ and 2·(Re C, −Im C) as real matrices whose
+        # products with u and with x viewed as real are b and y directly (no complex temporaries).
+        # A masked state receives no input (its x stays 0) and is not read out.
+        W_in = torch.view_as_real(B_bar * mask[:, None]).permute(1, 0, 2).reshape(H, 2 * P)  # [H, (p, re|im)]
+        sign = torch.tensor([2.0, -2.0], device=u.device)
+        W_out = (torch.view_as_real(C * mask) * sign).permute(0, 2, 3, 1).reshape(d, 2 * P, H)  # [d, (p, re|im), H]
+        y = ssm_core(u, W_in, log_lam, W_out, self.scan, self.chunk_size)  # 2·Re(C[0]x⁰ + C[1]x¹)
+        return y + self.D * u
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state} (P={self.n_states} stored, "
