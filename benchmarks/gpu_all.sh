@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_all.sh                    # on the GPU machine; results under $OUT (or ./gpu_results)
 #   bash benchmarks/gpu_all.sh --device cpu --tiny   # the same parts on tiny shapes on a CPU (a smoke run)
+#   PARTS="gpu_check layer_speed" bash benchmarks/gpu_all.sh   # only the named parts (a lease split in two calls)
 #
 # Each part runs under its own time limit and its failure is reported, not fatal: the others still run.
 # Every part's output goes to <out>/<part>.log (and .json where the script writes one); summary.txt lists
@@ -27,6 +28,7 @@ SUMMARY="$OUTDIR/summary.txt"
 
 part() {  # part NAME SECONDS COMMAND...
   local name="$1" limit="$2"; shift 2
+  case " ${PARTS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   echo "=== $name (limit ${limit}s): $*" | tee -a "$SUMMARY"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
@@ -59,5 +61,8 @@ else
   part model_memory 75 "$PY" benchmarks/layer_speed.py --device "$DEVICE" --model --batch 50 --reps 3 \
     --scans triton,chunked --json "$OUTDIR/model_memory.json"
   part prune_speed 120 "$PY" benchmarks/prune_speed.py --device "$DEVICE" --json "$OUTDIR/prune_speed.json"
+  # issue 13: training steps after a 50 / 90 % compaction during training, against masking only
+  part train_speed 120 "$PY" benchmarks/train_speed.py --device "$DEVICE" --tasks text,retrieval,pathx \
+    --ratios 0,0.5,0.9 --json "$OUTDIR/train_speed.json"
 fi
 echo "results in $OUTDIR"; cat "$SUMMARY"

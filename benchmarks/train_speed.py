@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="override the per-task batch")
     ap.add_argument("--length", type=int, default=None, help="override the sequence length (smoke runs)")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--scan", default="chunked")
+    ap.add_argument("--scan", default="auto")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
