@@ -17,6 +17,7 @@ paper's protocol needs validation and test of the same weights before and after 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,17 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ssmlit.utils import atomic_write_text
 
+from .calibration import calibrate, calibration_batches, check_calibration_batches
+from .horizon import check_horizon
 from .methods import get_method
-from .plan import PruningPlan, apply_pruning, check_min_states, plan_pruning, prunable_layers
+from .plan import (
+    PruningPlan,
+    apply_pruning,
+    check_min_states,
+    check_score_options,
+    plan_pruning,
+    prunable_layers,
+)
 from .plots import pole_figure, save_figure, score_figure
 from .schedule import Schedule, pruning_schedule
 from .scores import BIDIRECTIONAL_MODES
@@ -51,6 +61,15 @@ class StatePruningCallback(Callback):
         min_states: states every layer keeps at least (1: the paper's "100 %" keeps one pair).
         seed: seed of the ``random`` method (step j uses ``seed + j``).
         bidirectional: ‖C‖ rule for bidirectional layers: ``paper``, ``code`` or ``bound``.
+        convention: ``ssmlit`` (float64, exact top-K) or ``reference`` (the published LAST/AIRE
+            code's masks, :mod:`ssmlit.pruning.reference`; methods last, aire, global_hinf).
+        horizon: steps L of the horizon-aware methods (``last_horizon``, ``aire_horizon``):
+            ``"auto"`` takes the data module's ``l_max`` (for variable-length tasks the longest
+            sequence), an integer sets it, None means infinite. Ignored by other methods.
+        exact_pair: the H∞ methods score each conjugate pair by the exact H∞ of its real
+            subsystem (:mod:`ssmlit.pruning.pair`; unidirectional layers).
+        calibration_batches: training batches (seeded by ``seed``) whose forward passes measure the
+            state energies of data-aware methods (``data_energy``).
         reset_best_checkpoint: after a during-training step, make ModelCheckpoint forget earlier
             (less pruned) bests, so "best" means best at the current sparsity.
         plots: write the score and pole figures (PNG, and TensorBoard when that logger is used).
@@ -73,6 +92,10 @@ class StatePruningCallback(Callback):
         min_states: int = 1,
         seed: int = 0,
         bidirectional: str = "paper",
+        convention: str = "ssmlit",
+        horizon: int | str | None = "auto",
+        exact_pair: bool = False,
+        calibration_batches: int = 4,
         reset_best_checkpoint: bool = True,
         plots: bool = True,
         out_dir: str | None = None,
@@ -83,6 +106,12 @@ class StatePruningCallback(Callback):
             raise ValueError(f"unknown bidirectional mode {bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
         if isinstance(min_states, bool) or not isinstance(min_states, int) or min_states < 1:
             raise ValueError(f"min_states must be an integer >= 1, got {min_states!r}")
+        if horizon != "auto":
+            check_horizon(horizon, "prune.horizon")
+        check_score_options(method, convention, None, exact_pair, min_states)
+        check_calibration_batches(calibration_batches, "prune.calibration_batches")
+        self.convention, self.horizon, self.exact_pair = convention, horizon, exact_pair
+        self.calibration_batches = calibration_batches
         self.method, self.ratio, self.min_states, self.seed = method, float(ratio), min_states, seed
         self.bidirectional, self.reset_best_checkpoint, self.plots = bidirectional, reset_best_checkpoint, plots
         self.out_dir = out_dir
@@ -103,6 +132,8 @@ class StatePruningCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         layers = prunable_layers(pl_module)
         check_min_states(layers, self.min_states)
+        if self.exact_pair and any(getattr(layer, "bidirectional", False) for layer in layers.values()):
+            raise ValueError("prune.exact_pair=true supports unidirectional layers only; this model is bidirectional")
         if stage == "fit":
             self.schedule = pruning_schedule(self.schedule.kind, self.ratio, max_epochs=trainer.max_epochs,
                                              **self._schedule_args)
@@ -141,8 +172,12 @@ class StatePruningCallback(Callback):
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ratio: float, epoch: int,
               verbose: bool = True) -> PruningPlan:
         """Plan on rank 0's view, broadcast the masks so every rank holds the same ones, apply, log."""
+        m = get_method(self.method)
+        horizon = self._horizon(trainer) if m.horizon else None
+        calibration = self._calibrate(trainer, pl_module) if m.data else None
         plan = plan_pruning(pl_module, self.method, ratio, self.min_states, seed=self.seed + len(self.history),
-                            bidirectional=self.bidirectional)
+                            bidirectional=self.bidirectional, convention=self.convention, horizon=horizon,
+                            exact_pair=self.exact_pair, calibration=calibration)
         # Under DDP the parameters are identical on every rank, but a score's last bit may not be
         # (different kernels, reductions); one source of truth removes any doubt.
         plan.masks = trainer.strategy.broadcast(plan.masks, src=0)
@@ -161,6 +196,33 @@ class StatePruningCallback(Callback):
         if verbose:
             rank_zero_info(f"[before epoch {epoch}] " + plan.table())
         return plan
+
+    def _horizon(self, trainer: pl.Trainer) -> int | None:
+        """The horizon L of horizon-aware methods: ``auto`` is the task's ``l_max``."""
+        if self.horizon != "auto":
+            return self.horizon
+        l_max = getattr(getattr(trainer, "datamodule", None), "l_max", None)
+        if not isinstance(l_max, int) or l_max < 1:
+            raise ValueError("prune.horizon=auto needs the data module's l_max (the task's longest sequence); "
+                             "set prune.horizon=<steps> instead")
+        rank_zero_info(f"{self.method}: horizon L = {l_max} steps (the task's l_max; with variable lengths the "
+                       "longest sequence, so that no state the longest inputs can use is undervalued)")
+        return l_max
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """State energies of data-aware methods, from ``calibration_batches`` training batches."""
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "train_set", None) is not None and callable(getattr(dm, "collate", None)):
+            batches = calibration_batches(dm, self.calibration_batches, self.seed)
+        else:  # a plain dataloader was passed to fit: its first batches
+            loader = trainer.train_dataloader
+            if loader is None:
+                raise ValueError(f"{self.method} needs training batches to calibrate on: fit with a "
+                                 "SequenceDataModule or a train dataloader")
+            batches = list(itertools.islice(iter(loader), self.calibration_batches))
+        energies = calibrate(pl_module, batches, device=pl_module.device)
+        rank_zero_info(f"{self.method}: state energies measured on {len(batches)} training batch(es)")
+        return energies
 
     # -- one-shot after fit (the paper's protocol) -----------------------------------------------
     def prune_after_fit(
