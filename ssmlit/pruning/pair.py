@@ -22,8 +22,9 @@ s_b = bᵀb, κ = s_c s_b and K = (P² − |s_c|²)(Q² − |s_b|²), and writin
 D quadratic and N linear in t. σ_max² is the larger root s of F(t, s) = D(t)s² − N(t)s + K = 0, so
 at an interior maximum ∂F/∂t = 0, i.e. s = N′/D′(t); substituting gives a quadratic in t. Its
 real roots, the roots of N² − 4KD (where the two singular values meet) and the ends t = 0, 2
-(θ = 0, π) are all the candidates; σ_max² at the best of them is the norm. Every coefficient is
-formed from m = 1 − |w| and sin²(φ/2) (φ = arg w) without cancellation, so poles within 1e-7 of
+(θ = 0, π) are all the candidates; σ_max² at the best of them is the norm. The coefficients are
+formed from m = 1 − |w| and sin²(φ/2) (φ = arg w), and σ_max² at a candidate is evaluated from
+e^{jθ} − w = e^{jθ}(1 − ρe^{j(φ−θ)}) written with m and sin²((φ − θ)/2), so poles within 1e-7 of
 the unit circle keep full float64 accuracy. ``tests/test_pair_hinf.py`` checks it against dense,
 zoomed frequency sweeps of the full H×H matrix.
 
@@ -34,6 +35,8 @@ anti-causal term that breaks the symmetry in θ that the closed form rests on).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -80,16 +83,20 @@ def pair_peak_gain_sq(
     s2 = torch.sin(phi / 2).square()
     e0 = m.square() + 4 * rho * s2  # |1 − w|²
     one_m_wbar = torch.complex(m + 2 * rho * s2, w.imag)  # 1 − w̄ = (1 − ρ cos φ) + j ρ sin φ
-    c2, g = 1 + rho_sq, m * (1 + rho)  # 1 + ρ², 1 − ρ²
+    c2 = 1 + rho_sq
     D0, D1, D2 = e0.square(), 4 * rho * (m.square() - 2 * s2 * c2), 4 * rho_sq
     n0 = 2 * P * Q * e0 + 2 * (kappa * one_m_wbar.square()).real
     n1 = 4 * P * Q * w.real + 4 * (kappa * w.conj()).real
 
-    def sigma_sq(t: torch.Tensor) -> torch.Tensor:
-        D = (e0 - c2 * t).square() + g.square() * t * (2 - t)
-        N = (n0 + n1 * t).clamp(min=0)
-        root = (N.square() - 4 * K * D).clamp(min=0).sqrt()
-        return (N + root) / (2 * D.clamp(min=torch.finfo(torch.float64).tiny))
+    def sigma_sq(theta: torch.Tensor) -> torch.Tensor:
+        # Evaluated at θ in a form without cancellation next to the pole: e^{jθ} − w =
+        # e^{jθ}(1 − ρe^{jδ}) with δ = φ − θ and 1 − ρe^{jδ} = (m + 2ρ sin²(δ/2)) − jρ sin δ.
+        f1, f2 = (torch.complex(m + 2 * rho * torch.sin(d / 2).square(), -rho * torch.sin(d))
+                  for d in (phi - theta, phi + theta))
+        d1, d2 = f1.abs().square(), f2.abs().square()
+        tr = P * Q * (1 / d1 + 1 / d2) + 2 * (kappa / (f1 * f2)).real
+        root = (tr.square() - 4 * K / (d1 * d2)).clamp(min=0).sqrt()
+        return (tr + root) / 2
 
     candidates = [torch.zeros_like(m), torch.full_like(m, 2.0)]
     # ∂F/∂t = 0 with s = n1/D′(t), substituted into F = 0.
@@ -97,7 +104,20 @@ def pair_peak_gain_sq(
                               n1.square() * D0 - n0 * n1 * D1 + K * D1.square())
     # N² = 4KD: the two singular values coincide.
     candidates += _real_roots(n1.square() - 4 * K * D2, 2 * n0 * n1 - 4 * K * D1, n0.square() - 4 * K * D0)
-    values = torch.stack([sigma_sq(torch.nan_to_num(t, nan=0.0).clamp(0.0, 2.0)) for t in candidates])
+    candidates = [torch.nan_to_num(t, nan=0.0).clamp(0.0, 2.0) for t in candidates]
+    golden = (math.sqrt(5) - 1) / 2
+    values = []
+    for t in candidates:
+        theta = 2 * torch.atan2(t.sqrt(), (2 - t).sqrt())  # t = 2 sin²(θ/2), accurate at both ends
+        # Polish: the roots carry the rounding of their coefficients, which next to the unit circle
+        # can put them ~1e-11 off a peak ~m wide; a golden-section search over ±m/20 recovers it.
+        lo, hi = (theta - m / 20).clamp(0, math.pi), (theta + m / 20).clamp(0, math.pi)
+        for _ in range(40):
+            a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+            left = sigma_sq(a) >= sigma_sq(b)
+            lo, hi = torch.where(left, lo, a), torch.where(left, b, hi)
+        values.append(torch.stack((sigma_sq(theta), sigma_sq((lo + hi) / 2))).max(0).values)
+    values = torch.stack(values)
     best = values.max(0).values
     return torch.where(m > 0, best, torch.full_like(best, float("inf")))
 
