@@ -101,13 +101,14 @@ def test_data_module_pads_normalizes_splits_and_caches(tmp_path):
     dm.setup("fit")
     assert (dm.d_input, dm.num_classes, dm.l_max) == (1, 3, 4)
     assert len(dm.train_set) + len(dm.val_set) == 6 and len(dm.val_set) == 2 and len(dm.test_set) == 6
-    x, y, lengths = next(iter(dm.test_dataloader()[0]))
+    x, _, lengths = next(iter(dm.test_dataloader()[0]))
     assert x.shape[0] == 4 and x.shape[2] == 1 and (lengths >= 2).all()
     for i, n in enumerate(lengths.tolist()):
         assert (x[i, n:] == 0).all()  # right padding
     # z-scored with the training split's valid steps only: mean 0, std 1 there.
     tr = torch.cat([dm.train_set[i][0] for i in range(len(dm.train_set))])
-    assert float(tr.mean()) == pytest.approx(0, abs=1e-6) and float(tr.std(unbiased=False)) == pytest.approx(1, rel=1e-5)
+    assert float(tr.mean()) == pytest.approx(0, abs=1e-6)
+    assert float(tr.std(unbiased=False)) == pytest.approx(1, rel=1e-5)
     # The same seed gives the same split; another seed another.
     again = _module(tmp_path)
     again.setup("fit")
@@ -125,13 +126,13 @@ def test_multivariate_module(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     assert dm.d_input == 2 and dm.num_classes == 2 and dm.model_kwargs()["d_input"] == 2
-    x, y, lengths = next(iter(dm.test_dataloader()[0]))
+    x, _, lengths = next(iter(dm.test_dataloader()[0]))
     assert x.shape == (4, 3, 2) and lengths.tolist() == [3, 3, 3, 3]
 
 
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     dm = _module(tmp_path, UNI, UNI.replace("5,4:down", "5,4:sideways"))
-    with pytest.raises(TSFormatError, match="Tiny_TEST.ts:13"):
+    with pytest.raises(TSFormatError, match=r"Tiny_TEST\.ts:13"):
         dm.prepare_data()
     cache_root = tmp_path / "cache"
     assert not cache_root.exists() or not any(cache_root.iterdir())  # no half-written folder
@@ -161,7 +162,7 @@ def test_bad_options_are_rejected_in_the_constructor(kwargs, message):
 
 def test_missing_files_are_named(tmp_path):
     dm = UCRDataModule(train_file="nope_TRAIN.ts", test_file="nope_TEST.ts", data_dir=tmp_path)
-    with pytest.raises(download.DataNotFoundError, match="nope_TRAIN.ts"):
+    with pytest.raises(download.DataNotFoundError, match=r"nope_TRAIN\.ts"):
         dm.prepare_data()
 
 

@@ -101,7 +101,7 @@ def test_exact_pair_option_in_plans():
     torch.manual_seed(0)
     model = SequenceModel(d_output=3, d_input=1, layer="s4d", d_model=4, n_layers=2, ssm=dict(d_state=8)).eval()
     s = state_scores(model, "last", exact_pair=True)
-    for name, layer in prunable_layers(model).items():
+    for name in prunable_layers(model):
         assert s[name].max() == 1.0  # normalized (Eq. 9) exact-pair scores
         assert not torch.equal(s[name], state_scores(model, "last")[name])
     plan = plan_pruning(model, "global_hinf", 0.5, exact_pair=True)

@@ -44,7 +44,7 @@ def test_callback_rejects_bad_options_in_its_constructor(kwargs, message):
         StatePruningCallback(**kwargs)
 
 
-def test_sweep_with_the_new_methods(study, tmp_path):
+def test_sweep_with_the_new_methods(study, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
     methods = ["last", "last_horizon", "aire_horizon", "data_energy"]
     sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", f"methods=[{','.join(methods)}]", "ratios=[0.0,0.5,1.0]",
@@ -54,7 +54,8 @@ def test_sweep_with_the_new_methods(study, tmp_path):
     assert data["horizon"] == {"last_horizon": 64, "aire_horizon": 64} and data["exact_pair"] is True
     assert {r["method"] for r in data["runs"]} == set(methods)
     # data_energy at 50 % is the plan of energies measured on the same seeded training batches.
-    module = _module(study["run"] / "checkpoints" / sorted(p.name for p in (study["run"] / "checkpoints").glob("best*"))[0])
+    best = sorted((study["run"] / "checkpoints").glob("best*"))[0]
+    module = _module(best)
     dm = _datamodule(study["run"])
     energies = calibrate(module.model, calibration_batches(dm, 2, seed=3))
     want = plan_pruning(module.model, "data_energy", 0.5, calibration=energies).kept
@@ -77,7 +78,7 @@ def test_sweep_rejects_bad_score_options_before_evaluation(study, no_evaluation,
         sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", *overrides))
 
 
-def test_reference_convention_in_the_sweep(study, tmp_path):
+def test_reference_convention_in_the_sweep(study, tmp_path):  # noqa: F811
     out = tmp_path / "ref"
     sweep_cli.run_sweep(_compose(f"ckpt={study['run']}", "methods=[last,aire,global_hinf]", "ratios=[0.3]",
                                  "convention=reference", "select.method=last", f"out_dir={out}"))
