@@ -59,7 +59,8 @@ def layer_reference_scores(layer: nn.Module, kind: str, step_rescale: float | No
     c_factor = C_norm[0].square() if C_norm.shape[0] == 1 else (C_norm[0] + C_norm[1]) / 4
     lam_abs = _sqrt32(lam.real.square() + lam.imag.square())
     if bool((lam_abs > 1).any()):
-        warnings.warn(f"{int((lam_abs > 1).sum())} state(s) have |λ̄| > 1 (unstable); the reference convention scores them "
+        warnings.warn(f"{int((lam_abs > 1).sum())} state(s) have |λ̄| > 1 (unstable); the reference convention "
+                      "scores them "
                       "as the published code does (no special case)", RuntimeWarning, stacklevel=2)
     den = (1 - lam_abs).square() + EPS if kind == "hinf" else (1 - lam_abs.square()) + EPS
     return (c_factor * B_sq / den).float()
