@@ -121,6 +121,23 @@ def test_data_module_pads_normalizes_splits_and_caches(tmp_path):
     assert sorted(seen) == sorted(dm.train_set.lengths.tolist())
 
 
+def test_series_normalization_keeps_shape_and_scale(tmp_path):
+    dm = _module(tmp_path, MULTI, MULTI, normalize="series")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.d_input == 4  # 2 z-scored channels + their 2 log-RMS channels
+    x, n = dm.test_set.x, dm.test_set.lengths
+    raw = read_ts(tmp_path / "Tiny_TEST.ts").series
+    for i in range(len(raw)):
+        r = torch.from_numpy(raw[i])
+        std = r.std(0, unbiased=False)
+        want = (r - r.mean(0)) / std.clamp(min=1e-12)
+        assert torch.allclose(x[i, : int(n[i]), :2], want, atol=1e-5)  # equal lengths: file order
+    amp = x[:, 0, 2:]  # constant over each series
+    assert torch.equal(x[:, 1, 2:], amp)
+    assert amp[3, 0] > amp[1, 0]  # case 4 (4,4,4) has a larger RMS than case 2 (3,2,1)
+
+
 def test_multivariate_module(tmp_path):
     dm = _module(tmp_path, MULTI, MULTI, normalize="none")
     dm.prepare_data()
@@ -171,7 +188,7 @@ def test_plaid_from_the_installed_sktime(tmp_path):
     dm = PLAIDDataModule(data_dir=tmp_path, batch_size=64)
     dm.prepare_data()
     dm.setup("fit")
-    assert (dm.d_input, dm.num_classes, dm.l_max) == (1, 11, 1344)
+    assert (dm.d_input, dm.num_classes, dm.l_max) == (2, 11, 1344)  # waveform + log amplitude
     assert len(dm.train_set) + len(dm.val_set) == 537 and len(dm.test_set) == 537
     lengths = torch.cat([dm.train_set.lengths, dm.val_set.lengths, dm.test_set.lengths])
     assert int(lengths.min()) == 100 and int(lengths.max()) == 1344

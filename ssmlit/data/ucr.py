@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import CachedDataModule, seeded_split
 from .download import DataError, DataNotFoundError, file_md5, save_array
 
-NORMALIZATIONS = ("train", "none")
+NORMALIZATIONS = ("train", "series", "none")
 
 
 class TSFormatError(DataError, ValueError):
@@ -250,7 +250,11 @@ class UCRDataModule(CachedDataModule):
         name: the task name of the cache folder (default: the train file's stem).
         val_frac: fraction of the training file held out for validation (seeded by ``seed``).
         normalize: ``train``: per-channel z-score with the mean and std of the training split's
-            valid steps; ``none``: the values as stored.
+            valid steps; ``series``: each series z-scored per channel over its own valid steps, and
+            its per-channel log10 RMS amplitude appended as D constant channels (z-scored with the
+            training split's statistics), so shape and scale both reach the model even when
+            amplitudes span orders of magnitude (PLAID: RMS from 1e-4 to 2e2); ``none``: the values
+            as stored.
         bucket: draw training batches of similar lengths (:class:`LengthBuckets`, seeded); plain
             shuffling under multi-process training.
         **kwargs: :class:`~ssmlit.data.base.CachedDataModule` arguments.
@@ -345,6 +349,13 @@ class UCRDataModule(CachedDataModule):
             x = (x - mean) / std * (torch.arange(x.shape[1])[None, :, None] < lengths[:, None, None])
             test_x = (test_x - mean) / std * (torch.arange(test_x.shape[1])[None, :, None]
                                               < arrays["test_len"][:, None, None])
+        elif self.normalize == "series":
+            x, amp = _series_normalize(x, lengths)
+            test_x, test_amp = _series_normalize(test_x, arrays["test_len"])
+            mu, sd = amp[train_idx].mean(0), amp[train_idx].std(0).clamp(min=1e-8)
+            x = _with_amplitude(x, (amp - mu) / sd, lengths)
+            test_x = _with_amplitude(test_x, (test_amp - mu) / sd, arrays["test_len"])
+            self.d_input = 2 * self.d_input
         # Evaluation order is free: sorted by length, evaluation batches carry little padding.
         val_idx = val_idx[torch.sort(lengths[val_idx], stable=True).indices]
         test_idx = torch.sort(arrays["test_len"], stable=True).indices
@@ -362,6 +373,23 @@ class UCRDataModule(CachedDataModule):
                           pin_memory=torch.cuda.is_available())
 
 
+def _series_normalize(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each series z-scored per channel over its valid steps: (float32 [N, L, D], log10 RMS [N, D])."""
+    valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+    n = lengths[:, None].to(x.dtype)
+    mean = (x * valid).sum(1) / n
+    centered = (x - mean[:, None]) * valid
+    std = (centered.square().sum(1) / n).sqrt()
+    rms = ((x * valid).square().sum(1) / n).sqrt()
+    return centered / std.clamp(min=1e-12)[:, None], torch.log10(rms.clamp(min=1e-12))
+
+
+def _with_amplitude(x: torch.Tensor, amp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Append ``amp`` [N, D] as constant channels over each series' valid steps: [N, L, 2D]."""
+    valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+    return torch.cat((x, amp[:, None, :].expand(-1, x.shape[1], -1) * valid), -1)
+
+
 def sktime_data_dir() -> Path | None:
     """``<site-packages>/sktime/datasets/data`` of an installed sktime (not imported), or None."""
     spec = importlib.util.find_spec("sktime")
@@ -373,7 +401,7 @@ def sktime_data_dir() -> Path | None:
 class PLAIDDataModule(UCRDataModule):
     """PLAID from the ``.ts`` files bundled with sktime (see module docstring): 537 train (a seeded
     ``val_frac`` of it held out for validation) / 537 test, 11 classes, univariate, lengths
-    100–1,344."""
+    100–1,344. ``d_input`` is 2 with ``normalize="series"`` (waveform and log amplitude)."""
 
     d_input = 1
     num_classes = 11
@@ -384,6 +412,7 @@ class PLAIDDataModule(UCRDataModule):
             if kwargs.get(key) is not None:
                 raise ValueError(f"PLAIDDataModule reads sktime's bundled files; {key} is not an option "
                                  "(use ssmlit.data.ucr.UCRDataModule for other .ts files)")
+        kwargs.setdefault("normalize", "series")
         super().__init__(train_file="PLAID_TRAIN.ts", test_file="PLAID_TEST.ts", name="plaid", **kwargs)
 
     def files(self) -> tuple[Path, Path] | None:
