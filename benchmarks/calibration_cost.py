@@ -54,7 +54,7 @@ def main() -> None:
         batches = [(torch.randn(B, L, 1), torch.zeros(B, dtype=torch.long), torch.randint(L // 4, L + 1, (B,)))
                    for _ in range(n)]
 
-        def plain():
+        def plain(model=model, batches=batches):
             with torch.inference_mode():
                 for x, _, lengths in batches:
                     model(x, lengths)
@@ -62,7 +62,7 @@ def main() -> None:
         plain()  # warm-up
         calibrate(model, batches)
         t_plain = _median_time(plain, args.repeats)
-        t_cal = _median_time(lambda: calibrate(model, batches), args.repeats)
+        t_cal = _median_time(lambda m=model, b=batches: calibrate(m, b), args.repeats)
         print(f"{name:<12} {1e3 * t_plain:>9.1f}ms {1e3 * t_cal:>9.1f}ms {t_cal / t_plain:>5.2f}×")
 
 
