@@ -128,6 +128,7 @@ class _LayerEnergy:
     def energies(self) -> torch.Tensor:
         """E_i = 4·tr(W_i M_i): float64 [n] on the CPU."""
         _, _, C = self.layer.discretized_system(torch.complex128)
+        C = C.cpu()
         parts = []
         for k in range(C.shape[0]):
             parts += [C[k].real, -C[k].imag]
