@@ -145,6 +145,31 @@ def pruning_checks(dev: torch.device) -> None:
             check(f"{layer} masked == compacted (CUDA)", rel_err(small(x).cpu(), model(x).cpu().double()), 1e-5)
 
 
+def new_score_checks(dev: torch.device) -> None:
+    """Horizon-aware, exact-pair and reference plans, and data-aware energies, on the device vs CPU."""
+    from ssmlit.pruning import plan_pruning
+    from ssmlit.pruning.calibration import calibrate
+
+    for layer in ("s5", "s4d"):
+        torch.manual_seed(0)
+        model = SequenceModel(10, d_input=3, layer=layer, d_model=32, n_layers=3, ssm=dict(d_state=32)).eval()
+        x = torch.randn(4, 1024, 3)
+        batches = [(x, torch.zeros(4, dtype=torch.long), torch.tensor([1024, 700, 300, 5]))]
+        cpu_e = calibrate(model, batches)
+        options = [("last_horizon", dict(horizon=1024)), ("aire_horizon", dict(horizon=1024)),
+                   ("last", dict(exact_pair=True)), ("last", dict(convention="reference")),
+                   ("data_energy", dict(calibration=cpu_e))]
+        cpu_plans = [plan_pruning(model, m, 0.5, **kw) for m, kw in options]
+        model = model.to(dev)
+        dev_e = calibrate(model, batches)
+        err = max(float(((dev_e[k] - cpu_e[k]).abs() / cpu_e[k].abs().clamp(min=1e-30)).max()) for k in cpu_e)
+        check(f"{layer} calibration energies on {dev.type} vs CPU (max rel)", err, 1e-2)
+        for (m, kw), cpu_plan in zip(options, cpu_plans):
+            plan = plan_pruning(model, m, 0.5, **kw)
+            same = all(torch.equal(plan.masks[k], cpu_plan.masks[k]) for k in plan.masks)
+            check(f"{layer} {m} {sorted(kw)} {dev.type} plan == CPU plan", 0.0 if same else 1.0, 0.0)
+
+
 def mixed_precision_check(dev: torch.device) -> None:
     torch.manual_seed(0)
     model = SequenceModel(10, d_input=3, d_model=64, n_layers=2, ssm=dict(d_state=64, bidirectional=True)).to(dev)
@@ -223,6 +248,7 @@ def main() -> None:
     grad_engine = "triton" if "triton" in s5_scans(dev) else "lean"  # lean: exercises this check off CUDA
     parts.append(("scan gradients", lambda: triton_gradient_checks(dev, 256 if args.tiny else 4096, grad_engine)))
     parts.append(("pruning", lambda: pruning_checks(dev)))
+    parts.append(("new scores", lambda: new_score_checks(dev)))
     if dev.type == "cuda":
         parts.append(("mixed precision", lambda: mixed_precision_check(dev)))
     parts.append(("streaming", lambda: streaming_checks(dev)))

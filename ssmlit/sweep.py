@@ -33,6 +33,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssmlit.pruning import METHODS, plan_pruning
+from ssmlit.pruning.calibration import calibrate, calibration_batches, check_calibration_batches
+from ssmlit.pruning.horizon import check_horizon
+from ssmlit.pruning.plan import check_score_options
 from ssmlit.pruning.plots import save_figure
 from ssmlit.pruning.scores import BIDIRECTIONAL_MODES
 from ssmlit.study.checkpoint import (
@@ -74,6 +77,11 @@ class Options:
     budget: float | None
     select_method: str
     device: torch.device
+    convention: str = "ssmlit"
+    horizon: int | str | None = "auto"
+    exact_pair: bool = False
+    calibration_batches: int = 4
+    calibration_seed: int = 0
     stream_formats: list[str] | None = None  # streaming export of the selected model (None: off)
 
 
@@ -136,6 +144,23 @@ def check_options(cfg: DictConfig) -> Options:
         raise SweepInputError(f"unknown bidirectional mode {cfg.bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
     if isinstance(cfg.min_states, bool) or not isinstance(cfg.min_states, int) or cfg.min_states < 1:
         raise SweepInputError(f"min_states must be an integer >= 1, got {cfg.min_states!r}")
+    convention, horizon, exact_pair = cfg.get("convention", "ssmlit"), cfg.get("horizon", "auto"), \
+        cfg.get("exact_pair", False)
+    cal = cfg.get("calibration") or {}
+    try:
+        if horizon != "auto":
+            check_horizon(horizon, "horizon")
+        n_cal = check_calibration_batches(cal.get("batches", 4), "calibration.batches")
+        if isinstance(cal.get("seed", 0), bool) or not isinstance(cal.get("seed", 0), int):
+            raise ValueError(f"calibration.seed must be an integer, got {cal.get('seed')!r}")
+        if not isinstance(exact_pair, bool):
+            raise ValueError(f"exact_pair must be true or false, got {exact_pair!r}")
+        for m in [*methods, cfg.select.method]:
+            # exact_pair applies to the methods that have an exact-pair form; the rest ignore it.
+            check_score_options(m, convention, None, exact_pair and METHODS[m].pair_score is not None,
+                                cfg.min_states)
+    except ValueError as e:
+        raise SweepInputError(str(e)) from None
     if not isinstance(cfg.select.max_steps, int) or cfg.select.max_steps < 0:
         raise SweepInputError(f"select.max_steps must be an integer >= 0, got {cfg.select.max_steps!r}")
     bench = cfg.select.bench
@@ -162,7 +187,39 @@ def check_options(cfg: DictConfig) -> Options:
         raise SweepInputError(f"select.stream: {e} (select.stream.enabled=false turns the streaming export off)") \
             from None
     stream_formats = formats if used else None
-    return Options(methods, ratios, seeds, threshold, plot_ratio, budget, select_method, device, stream_formats)
+    return Options(methods, ratios, seeds, threshold, plot_ratio, budget, select_method, device, convention,
+                   horizon, exact_pair, n_cal, int(cal.get("seed", 0)), stream_formats=stream_formats)
+
+
+def score_options(opts: Options, run: LoadedRun, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Method → the score keyword arguments of :func:`~ssmlit.pruning.plan_pruning` (horizon
+    resolved from the task, calibration energies measured once on seeded training batches)."""
+    names = list(dict.fromkeys([*opts.methods, opts.select_method]))
+    need_data = any(METHODS[m].data for m in names)
+    need_l = opts.horizon == "auto" and any(METHODS[m].horizon for m in names)
+    dm, energies, horizon = None, None, None if opts.horizon == "auto" else opts.horizon
+    if need_data or need_l:
+        from ssmlit.training.run import build_datamodule
+
+        dm = build_datamodule(run.train_cfg)
+    if need_l:
+        horizon = int(dm.l_max)
+        print(f"horizon-aware methods: L = {horizon} steps (the task's l_max; with variable lengths the longest "
+              "sequence, so that no state the longest inputs can use is undervalued)")
+    if need_data:
+        model = run.module.model.to(device)
+        batches = calibration_batches(dm, opts.calibration_batches, opts.calibration_seed)
+        energies = calibrate(model, batches, device=device)
+        model.cpu()
+        print(f"data-aware methods: state energies from {len(batches)} training batch(es) "
+              f"(seed {opts.calibration_seed})")
+    out = {}
+    for m in names:
+        meth = METHODS[m]
+        out[m] = dict(convention=opts.convention, horizon=horizon if meth.horizon else None,
+                      exact_pair=opts.exact_pair and meth.pair_score is not None,
+                      calibration=energies if meth.data else None)
+    return out
 
 
 def module_arch(run: LoadedRun) -> str:
@@ -226,8 +283,9 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     full = masked.evaluate_masks(masked.original_masks())
     print("unpruned: " + ", ".join(f"{n} acc {100 * m.acc:.2f}% loss {m.loss:.4f}" for n, m in full.items()))
+    options = score_options(opts, run, opts.device)
     points = run_grid(masked, opts.methods, opts.ratios, opts.seeds, cfg.min_states, cfg.bidirectional,
-                      progress=_progress(cfg.progress))
+                      progress=_progress(cfg.progress), options=options)
     sweep_s = time.time() - t0
     curve_map = curves(points)
     summary = summarize(curve_map, full, full_state_dim, opts.threshold, cfg.reference_method, cfg.summary_variant)
@@ -237,12 +295,13 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         ref = summary["reference"]
         plot_ratio = ref["ratio"] if ref is not None and ref["ratio"] else 0.5
     kept_at_plot = {m: [plan_pruning(model, m, plot_ratio, cfg.min_states, seed=s or 0,
-                                     bidirectional=cfg.bidirectional).kept for s in method_seeds(m, opts.seeds)]
+                                     bidirectional=cfg.bidirectional, **options[m]).kept
+                        for s in method_seeds(m, opts.seeds)]
                     for m in opts.methods}
 
     selection = None
     if opts.budget is not None:
-        selection = _select_and_export(cfg, opts, run, masked, evaluator, out)
+        selection = _select_and_export(cfg, opts, run, masked, evaluator, out, options[opts.select_method])
 
     # -- outputs -----------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
@@ -270,6 +329,8 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         task=run.train_cfg.task.get("_target_"), variants=variants, layers=layers,
         model=stats, methods=opts.methods, ratios=opts.ratios, random_seeds=opts.seeds,
         threshold_points=opts.threshold, min_states=cfg.min_states, bidirectional=cfg.bidirectional,
+        convention=opts.convention, exact_pair=opts.exact_pair,
+        horizon={m: o["horizon"] for m, o in options.items() if METHODS[m].horizon},
         partial=cfg.eval.limit_batches is not None,
         full={n: m.as_dict() for n, m in full.items()},
         runs=[dict(method=p.method, seed=p.seed, ratio=p.ratio, achieved_ratio=p.achieved_ratio, kept=p.kept,
@@ -303,12 +364,12 @@ def _progress(enabled: bool):
 
 
 def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: MaskedEvaluator,
-                       evaluator: Evaluator, out: Path) -> dict[str, Any]:
+                       evaluator: Evaluator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Automatic ratio (validation only), then its metrics on every variant, and the export."""
     s = cfg.select
     sel = select_ratio(masked, opts.select_method, opts.ratios, opts.budget, val=s.variant,
                        max_steps=int(s.max_steps), seed=int(s.seed), min_states=cfg.min_states,
-                       bidirectional=cfg.bidirectional)
+                       bidirectional=cfg.bidirectional, options=options)
     plan = sel.pop("plan")
     sel["plan"] = plan.summary()
     # Only now, with the ratio fixed, is the test data looked at.

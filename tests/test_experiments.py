@@ -72,7 +72,8 @@ def test_every_task_has_both_experiments():
         assert sorted(p.stem for p in (ROOT / "conf" / "experiment" / model).glob("*.yaml")) == sorted(TASKS)
     for path in (ROOT / "conf" / "experiment").rglob("*.yaml"):
         text = path.read_text()
-        assert text.startswith("# @package _global_\n") and "Table" in text  # each cites its source
+        # Each paper setup cites its table; the others (plaid) say that they are none.
+        assert text.startswith("# @package _global_\n") and ("Table" in text or "Not a paper setup" in text)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

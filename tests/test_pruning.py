@@ -199,8 +199,11 @@ def test_masked_model_equals_compacted_model(layer, bidirectional, tmp_path):
 def test_achieved_ratio_is_exact(method):
     model = _model("s5", True, n_layers=3)  # 3 × 8 = 24 states
     N = 24
+    g = torch.Generator().manual_seed(0)  # data-aware methods: any measured energies will do
+    kw = {"calibration": {k: torch.rand(v.n_states, generator=g, dtype=torch.float64)
+                          for k, v in prunable_layers(model).items()}} if METHODS[method].data else {}
     for r in [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]:
-        plan = plan_pruning(model, method, r)
+        plan = plan_pruning(model, method, r, **kw)
         n_pruned = N - sum(plan.kept.values())
         if METHODS[method].scope == "global":
             assert n_pruned == min(math.floor(r * N + 0.5), N - 3), (r, plan.kept)

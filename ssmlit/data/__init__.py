@@ -11,6 +11,8 @@ text                       :class:`IMDBDataModule`                     ``text``
 retrieval                  :class:`AANDataModule`                      ``retrieval``
 pathfinder, pathx          :class:`PathfinderDataModule`               ``pathfinder``
 speech                     :class:`SpeechCommandsDataModule`           ``speech``
+plaid, ucr                 :class:`PLAIDDataModule` (embedded),        ``ucr``
+                           :class:`UCRDataModule` (any .ts pair)
 =========================  ==========================================  =====================
 
 Downloads, safe extraction, the raw-file search and the preprocessing cache live in
@@ -29,7 +31,7 @@ from .download import ArchiveError, ChecksumError, DataError, DataNotFoundError,
 _LAZY = {
     "AANDataModule": "retrieval", "CIFARDataModule": "images", "IMDBDataModule": "text",
     "ListOpsDataModule": "listops", "MNISTDataModule": "images", "PathfinderDataModule": "pathfinder",
-    "SpeechCommandsDataModule": "speech",
+    "SpeechCommandsDataModule": "speech", "PLAIDDataModule": "ucr", "UCRDataModule": "ucr",
 }
 
 
@@ -42,6 +44,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AANDataModule", "ArchiveError", "CIFARDataModule", "CachedDataModule", "ChecksumError", "DataError",
     "DataNotFoundError", "DigitsDataModule", "EvalVariant", "IMDBDataModule", "ListOpsDataModule", "MNISTDataModule",
-    "PathfinderDataModule", "SequenceDataModule", "SpeechCommandsDataModule", "UnsafeArchiveError",
+    "PLAIDDataModule", "PathfinderDataModule", "SequenceDataModule", "SpeechCommandsDataModule", "UCRDataModule",
+    "UnsafeArchiveError",
     "default_data_dir", "pad_collate", "seeded_split",
 ]

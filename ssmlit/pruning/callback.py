@@ -22,6 +22,7 @@ and test of the same weights before and after pruning.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ from ssmlit.training.surgery import (
 )
 from ssmlit.utils import atomic_write_text
 
+from .calibration import calibrate, calibration_batches, check_calibration_batches
+from .horizon import check_horizon
 from .methods import get_method
 from .options import (
     check_keep_states,
@@ -50,7 +53,14 @@ from .options import (
     ratio_function_steps,
     select_layers,
 )
-from .plan import PruningPlan, apply_pruning, check_min_states, plan_pruning, prunable_layers
+from .plan import (
+    PruningPlan,
+    apply_pruning,
+    check_min_states,
+    check_score_options,
+    plan_pruning,
+    prunable_layers,
+)
 from .plots import pole_figure, save_figure, score_figure
 from .schedule import Schedule, pruning_schedule
 from .scores import BIDIRECTIONAL_MODES
@@ -86,6 +96,15 @@ class StatePruningCallback(Callback):
         layers: ``{"include": [...], "exclude": [...]}`` fnmatch patterns over layer names (or a
             list of include patterns); excluded layers neither lose states nor enter the ranking.
         verbose: 0 nothing, 1 a one-line summary per step, 2 the per-layer table.
+        convention: ``ssmlit`` (float64, exact top-K) or ``reference`` (the published LAST/AIRE
+            code's masks, :mod:`ssmlit.pruning.reference`; methods last, aire, global_hinf).
+        horizon: steps L of the horizon-aware methods (``last_horizon``, ``aire_horizon``):
+            ``"auto"`` takes the data module's ``l_max`` (for variable-length tasks the longest
+            sequence), an integer sets it, None means infinite. Ignored by other methods.
+        exact_pair: the H∞ methods score each conjugate pair by the exact H∞ of its real
+            subsystem (:mod:`ssmlit.pruning.pair`; unidirectional layers).
+        calibration_batches: training batches (seeded by ``seed``) whose forward passes measure the
+            state energies of data-aware methods (``data_energy``).
         reset_best_checkpoint: after a during-training step, make ModelCheckpoint forget earlier
             (less pruned) bests, so "best" means best at the current sparsity.
         plots: write the score and pole figures (PNG, and TensorBoard when that logger is used).
@@ -93,7 +112,8 @@ class StatePruningCallback(Callback):
             ``<trainer.default_root_dir>/pruning``).
         checkpoint: which weights one-shot-after-fit prunes: ``best`` (the best-validation
             checkpoint, ssmlit's default) or ``last`` (the final epoch's, what msgwak/LAST's
-            ``s5/train.py`` prunes at the end of ``train``; the paper does not say).
+            ``s5/train.py`` prunes at the end of ``train``; the paper does not say). None: ``last``
+            under ``convention="reference"``, else ``best``.
     """
 
     def __init__(
@@ -111,6 +131,10 @@ class StatePruningCallback(Callback):
         min_states: int = 1,
         seed: int = 0,
         bidirectional: str = "paper",
+        convention: str = "ssmlit",
+        horizon: int | str | None = "auto",
+        exact_pair: bool = False,
+        calibration_batches: int = 4,
         reset_best_checkpoint: bool = True,
         plots: bool = True,
         out_dir: str | None = None,
@@ -119,10 +143,12 @@ class StatePruningCallback(Callback):
         compact_at_end: bool = False,
         layers: Any = None,
         verbose: int = 2,
-        checkpoint: str = "best",
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         get_method(method)  # unknown names fail here, before any training
+        if checkpoint is None:  # the published code prunes the final epoch's weights (issue 12)
+            checkpoint = "last" if convention == "reference" else "best"
         if checkpoint not in CHECKPOINTS:
             raise ValueError(f"unknown prune checkpoint {checkpoint!r}; choose one of {CHECKPOINTS} (which weights "
                              "one-shot-after-fit prunes: the best-validation or the final epoch's)")
@@ -158,6 +184,12 @@ class StatePruningCallback(Callback):
             raise ValueError(f"verbose must be one of {VERBOSITY} (nothing, one-line summary, per-layer table), "
                              f"got {verbose!r}")
         self.include, self.exclude = parse_layer_patterns(layers)
+        if horizon != "auto":
+            check_horizon(horizon, "prune.horizon")
+        check_score_options(method, convention, None, exact_pair, min_states)
+        check_calibration_batches(calibration_batches, "prune.calibration_batches")
+        self.convention, self.horizon, self.exact_pair = convention, horizon, exact_pair
+        self.calibration_batches = calibration_batches
         self.method, self.ratio, self.min_states, self.seed = method, float(ratio), min_states, seed
         self.bidirectional, self.reset_best_checkpoint, self.plots = bidirectional, reset_best_checkpoint, plots
         self.out_dir, self.compact_at_end, self.verbose = out_dir, compact_at_end, verbose
@@ -201,6 +233,8 @@ class StatePruningCallback(Callback):
         check_min_states({k: layers[k] for k in self.selected}, self.min_states)
         if self.keep_states is not None:
             self.ratio = keep_states_ratio(self.keep_states, self.totals, self.selected, self.min_states)
+        if self.exact_pair and any(getattr(layer, "bidirectional", False) for layer in layers.values()):
+            raise ValueError("prune.exact_pair=true supports unidirectional layers only; this model is bidirectional")
         if stage == "fit":
             self.schedule = self._build_schedule(self.schedule.kind, trainer.max_epochs)
             if self.compact:
@@ -264,8 +298,13 @@ class StatePruningCallback(Callback):
             self.setup(trainer, pl_module, "prune")
         layers = prunable_layers(pl_module)
         totals = {k: self.totals.get(k, layer.n_states) for k, layer in layers.items()}
+        m = get_method(self.method)
+        horizon = self._horizon(trainer) if m.horizon else None
+        calibration = self._calibrate(trainer, pl_module) if m.data else None
         plan = plan_pruning(pl_module, self.method, ratio, self.min_states, seed=self.seed + len(self.history),
-                            bidirectional=self.bidirectional, layers=self.selected, totals=totals)
+                            bidirectional=self.bidirectional, layers=self.selected, totals=totals,
+                            convention=self.convention, horizon=horizon, exact_pair=self.exact_pair,
+                            calibration=calibration)
         # Under DDP the parameters are identical on every rank, but a score's last bit may not be
         # (different kernels, reductions); one source of truth removes any doubt.
         plan.masks = trainer.strategy.broadcast(plan.masks, src=0)
@@ -303,6 +342,33 @@ class StatePruningCallback(Callback):
     @staticmethod
     def _sizes(changed: dict[str, tuple[int, int]]) -> str:
         return ", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items()) or "nothing to remove"
+
+    def _horizon(self, trainer: pl.Trainer) -> int | None:
+        """The horizon L of horizon-aware methods: ``auto`` is the task's ``l_max``."""
+        if self.horizon != "auto":
+            return self.horizon
+        l_max = getattr(getattr(trainer, "datamodule", None), "l_max", None)
+        if not isinstance(l_max, int) or l_max < 1:
+            raise ValueError("prune.horizon=auto needs the data module's l_max (the task's longest sequence); "
+                             "set prune.horizon=<steps> instead")
+        rank_zero_info(f"{self.method}: horizon L = {l_max} steps (the task's l_max; with variable lengths the "
+                       "longest sequence, so that no state the longest inputs can use is undervalued)")
+        return l_max
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """State energies of data-aware methods, from ``calibration_batches`` training batches."""
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "train_set", None) is not None and callable(getattr(dm, "collate", None)):
+            batches = calibration_batches(dm, self.calibration_batches, self.seed)
+        else:  # a plain dataloader was passed to fit: its first batches
+            loader = trainer.train_dataloader
+            if loader is None:
+                raise ValueError(f"{self.method} needs training batches to calibrate on: fit with a "
+                                 "SequenceDataModule or a train dataloader")
+            batches = list(itertools.islice(iter(loader), self.calibration_batches))
+        energies = calibrate(pl_module, batches, device=pl_module.device)
+        rank_zero_info(f"{self.method}: state energies measured on {len(batches)} training batch(es)")
+        return energies
 
     # -- one-shot after fit (the paper's protocol) -----------------------------------------------
     def checkpoint_path(self, trainer: pl.Trainer) -> str | None:

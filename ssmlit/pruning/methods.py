@@ -15,6 +15,13 @@ Selection scopes:
 
 - ``global``: all layers compete through one ranking (a global threshold, LAST paper §3.2);
 - ``uniform``: every layer loses the same fraction of its states (LAST paper's "Uniform" baselines).
+
+Beyond the papers (each documented in its module): ``last_horizon`` / ``aire_horizon`` sum the
+impulse response over the task's length L only (:mod:`.horizon`); ``data_energy`` measures each
+state's output energy on calibration batches (:mod:`.calibration`); the H∞ methods accept
+``exact_pair=True`` for the exact H∞ of each conjugate pair's real subsystem (:mod:`.pair`); and
+``last``, ``aire`` and ``global_hinf`` have a ``convention="reference"`` form that reproduces the
+published code's masks (:mod:`.reference`).
 """
 
 from __future__ import annotations
@@ -24,10 +31,18 @@ from dataclasses import dataclass
 
 import torch
 
+from .horizon import h2_horizon_energy, hinf_horizon_score
+from .pair import pair_hinf_score
 from .scores import ModalQuantities, h2_energy, hinf_score, magnitude_score
 
 ScoreFn = Callable[..., torch.Tensor]
 SCOPES = ("global", "uniform")
+
+
+def measured_energy(q: ModalQuantities, bidirectional: str = "paper") -> torch.Tensor:
+    """Placeholder score of data-aware methods: their scores come from calibration, never from q."""
+    raise ValueError("data-aware methods score from calibration energies: pass calibration= to "
+                     "state_scores/plan_pruning (see ssmlit.pruning.calibration.calibrate)")
 
 
 def random_score(
@@ -53,6 +68,13 @@ class PruningMethod:
         scope: ``"global"`` or ``"uniform"`` (see the module docstring).
         description: one line for tables and ``--help``-style listings.
         stochastic: the score draws random numbers (seeded through ``plan_pruning(seed=...)``).
+        horizon: the score takes ``horizon=`` (a number of steps L, or None for infinite).
+        data: the scores are measured energies (``plan_pruning(calibration=...)``), not a function
+            of the system; ``score`` is then unused.
+        pair_score: ``pair_score(layer, step_rescale) -> float64 [n]``, the score with
+            ``exact_pair=True`` (None: the method has no exact-pair form).
+        reference: ``"hinf"`` or ``"aire"``: the published-code score used with
+            ``convention="reference"`` (None: the method has no published form).
     """
 
     score: ScoreFn
@@ -60,6 +82,10 @@ class PruningMethod:
     scope: str
     description: str = ""
     stochastic: bool = False
+    horizon: bool = False
+    data: bool = False
+    pair_score: Callable[..., torch.Tensor] | None = None
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -68,14 +94,24 @@ class PruningMethod:
 
 _G, _U = "global", "uniform"
 METHODS: dict[str, PruningMethod] = {
-    "last": PruningMethod(hinf_score, True, _G, "LAST: H∞ score (Eq. 6), energy-normalized (Eq. 9), global"),
-    "aire": PruningMethod(h2_energy, True, _G, "AIRE-Prune: impulse-response energy, energy-normalized, global"),
-    "uniform_hinf": PruningMethod(hinf_score, False, _U, "H∞ score (Eq. 6), same ratio in every layer"),
-    "global_hinf": PruningMethod(hinf_score, False, _G, "raw H∞ score (Eq. 6), global (LAST without normalization)"),
+    "last": PruningMethod(hinf_score, True, _G, "LAST: H∞ score (Eq. 6), energy-normalized (Eq. 9), global",
+                          pair_score=pair_hinf_score, reference="hinf"),
+    "aire": PruningMethod(h2_energy, True, _G, "AIRE-Prune: impulse-response energy, energy-normalized, global",
+                          reference="aire"),
+    "uniform_hinf": PruningMethod(hinf_score, False, _U, "H∞ score (Eq. 6), same ratio in every layer",
+                                  pair_score=pair_hinf_score),
+    "global_hinf": PruningMethod(hinf_score, False, _G, "raw H∞ score (Eq. 6), global (LAST without normalization)",
+                                 pair_score=pair_hinf_score, reference="hinf"),
     "uniform_magnitude": PruningMethod(magnitude_score, False, _U, "|λ̄|·‖B̄‖·‖C‖ (App. D.2), same ratio per layer"),
     "global_magnitude": PruningMethod(magnitude_score, False, _G, "|λ̄|·‖B̄‖·‖C‖ (App. D.2), global"),
     "lamp": PruningMethod(squared_magnitude, True, _G, "LAMP: squared magnitude, prefix-normalized (App. D.2), global"),
     "random": PruningMethod(random_score, False, _G, "uniformly random states (seeded)", stochastic=True),
+    "last_horizon": PruningMethod(hinf_horizon_score, True, _G, "peak gain over the task's L steps, squared, "
+                                  "energy-normalized, global (LAST with a finite horizon)", horizon=True),
+    "aire_horizon": PruningMethod(h2_horizon_energy, True, _G, "impulse-response energy over the task's L steps, "
+                                  "energy-normalized, global (AIRE with a finite horizon)", horizon=True),
+    "data_energy": PruningMethod(measured_energy, True, _G, "measured output energy of each state on calibration "
+                                 "batches, energy-normalized, global", data=True),
 }
 
 

@@ -12,6 +12,9 @@ state index, ranks first), so the achieved ratio equals r up to that rounding. E
 least ``min_states``; r = 1 keeps exactly ``min_states`` per layer (the paper's "100 %", which leaves
 one pair per layer). Pruning is cumulative: states already masked stay masked and no longer take
 part in the energy normalization, and a ratio below the current one prunes nothing more.
+
+``convention="reference"`` replaces all of this by the published code's rules (float32 scores with
+ε, ⌊N(1 − r)⌋ kept, ≥-threshold ties, ascending-sort normalization; :mod:`.reference`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,50 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .horizon import check_horizon
 from .methods import PruningMethod, get_method
+from .reference import layer_reference_scores, reference_normalize, reference_select
 from .scores import ModalQuantities, energy_normalize, modal_quantities, quantities_from_norms
+
+CONVENTIONS = ("ssmlit", "reference")
+
+
+def check_score_options(
+    method: str | PruningMethod,
+    convention: str = "ssmlit",
+    horizon: int | None = None,
+    exact_pair: bool = False,
+    min_states: int = 1,
+) -> PruningMethod:
+    """Validate the score options against the method (ValueError naming the option, the value and
+    what is allowed); returns the method. ``horizon`` is an int or None here ("auto" is resolved by
+    the caller from the task)."""
+    m = get_method(method)
+    label = method if isinstance(method, str) else "this method"
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
+    check_horizon(horizon)
+    if not isinstance(exact_pair, bool):
+        raise ValueError(f"exact_pair must be true or false, got {exact_pair!r}")
+    if exact_pair and m.pair_score is None:
+        raise ValueError(f"exact_pair=true needs an H∞ method (last, global_hinf, uniform_hinf); {label} has "
+                         "no exact-pair form")
+    if convention == "reference":
+        if m.reference is None:
+            raise ValueError(f"convention=reference reproduces the published code, which implements only last, "
+                             f"aire and global_hinf; {label} has no reference form (use convention=ssmlit)")
+        if exact_pair:
+            raise ValueError("exact_pair=true is not part of the published code; use it with convention=ssmlit")
+        if min_states != 1:
+            raise ValueError(f"min_states={min_states} does not apply with convention=reference (the published "
+                             "code has no per-layer minimum); leave min_states=1")
+    return m
 
 
 def is_prunable(module: nn.Module) -> bool:
@@ -68,6 +107,10 @@ def state_scores(
     seed: int = 0,
     bidirectional: str = "paper",
     step_rescale: float | None = None,
+    convention: str = "ssmlit",
+    horizon: int | None = None,
+    exact_pair: bool = False,
+    calibration: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-state scores of every prunable layer, as the method ranks them.
 
@@ -81,18 +124,42 @@ def state_scores(
         bidirectional: how bidirectional layers combine ‖C^f‖ and ‖C^b‖ (see
             :mod:`ssmlit.pruning.scores`): ``"paper"``, ``"code"`` or ``"bound"``.
         step_rescale: Δ multiplier for the discretization (default: each layer's own).
+        convention: ``"ssmlit"`` (float64) or ``"reference"`` (the published code's float32 scores
+            and normalization, :mod:`.reference`; only methods with a published form).
+        horizon: steps L of the horizon-aware methods (``last_horizon``, ``aire_horizon``); None:
+            infinite (their scores then equal ``last`` / ``aire``). Ignored by other methods.
+        exact_pair: score each conjugate pair by the exact H∞ of its real subsystem
+            (:mod:`.pair`; H∞ methods only).
+        calibration: layer name → float64 [n] measured energies (:func:`.calibration.calibrate`),
+            required by data-aware methods (``data_energy``).
 
     Returns:
         layer name → float64 [n_layer] on the CPU.
     """
-    m = get_method(method)
+    m = check_score_options(method, convention, horizon, exact_pair)
     generator = torch.Generator().manual_seed(seed) if m.stochastic else None
     out = {}
     for name, layer in prunable_layers(model).items():
-        q = layer_quantities(layer, step_rescale)
-        kwargs = {"generator": generator} if m.stochastic else {}
-        raw = m.score(q, bidirectional, **kwargs).detach().to("cpu", torch.float64)
         active = layer.state_mask.detach().cpu()
+        if convention == "reference":
+            raw32 = layer_reference_scores(layer, m.reference, step_rescale).detach().cpu()
+            ranked = reference_normalize(raw32, active) if m.normalize else \
+                torch.where(active, raw32, torch.full_like(raw32, float("-inf")))
+            out[name] = ranked.to(torch.float64)  # float32 values, exactly
+            continue
+        if m.data:
+            if calibration is None or name not in calibration:
+                raise ValueError(f"method {method!r} is data-aware: pass calibration= (energies of every layer, "
+                                 "ssmlit.pruning.calibration.calibrate)")
+            raw = calibration[name].detach().to("cpu", torch.float64)
+        elif exact_pair:
+            raw = m.pair_score(layer, step_rescale).detach().to("cpu", torch.float64)
+        else:
+            q = layer_quantities(layer, step_rescale)
+            kwargs = {"generator": generator} if m.stochastic else {}
+            if m.horizon:
+                kwargs["horizon"] = horizon
+            raw = m.score(q, bidirectional, **kwargs).detach().to("cpu", torch.float64)
         if raw.shape != active.shape:
             raise ValueError(f"method score returned shape {tuple(raw.shape)} for layer {name!r} with "
                              f"{active.numel()} states")
@@ -116,6 +183,8 @@ class PruningPlan:
         achieved_ratio: 1 − Σ kept / Σ total.
         threshold: the lowest kept score of a global method (the global cut), else None.
         min_states, seed: as requested.
+        convention: ``"ssmlit"`` or ``"reference"``; options: the score options used (horizon,
+            exact_pair, bidirectional, calibration batches), for the record.
     """
 
     method: str
@@ -128,6 +197,8 @@ class PruningPlan:
     threshold: float | None = None
     min_states: int = 1
     seed: int = 0
+    convention: str = "ssmlit"
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layer_ratios(self) -> dict[str, float]:
@@ -138,6 +209,7 @@ class PruningPlan:
         """A JSON-serializable description (no tensors)."""
         return dict(method=self.method, ratio=self.ratio, achieved_ratio=self.achieved_ratio,
                     min_states=self.min_states, seed=self.seed, threshold=self.threshold,
+                    convention=self.convention, **self.options,
                     kept_total=sum(self.kept.values()), states_total=sum(self.total.values()),
                     layers=[dict(layer=k, kept=self.kept[k], total=self.total[k]) for k in self.kept])
 
@@ -200,6 +272,10 @@ def plan_pruning(
     scores: dict[str, torch.Tensor] | None = None,
     layers: Collection[str] | None = None,
     totals: Mapping[str, int] | None = None,
+    convention: str = "ssmlit",
+    horizon: int | None = None,
+    exact_pair: bool = False,
+    calibration: dict[str, torch.Tensor] | None = None,
 ) -> PruningPlan:
     """Decide which states to keep so that a fraction ``ratio`` of all states is pruned.
 
@@ -218,12 +294,15 @@ def plan_pruning(
             model compacted during training stores fewer states than it started with; passing the
             original counts keeps r the fraction of the *original* states removed (the plan's
             ``total`` and ``achieved_ratio`` then refer to them too).
+        convention, horizon, exact_pair, calibration: see :func:`state_scores`; with
+            ``convention="reference"`` the selection follows the published code too (module
+            docstring) and ``min_states`` must be 1.
 
     Returns:
         a :class:`PruningPlan`; the model is not modified (see :func:`apply_pruning`).
     """
     r = _check_ratio(ratio)
-    m = get_method(method)
+    m = check_score_options(method, convention, horizon, exact_pair, min_states)
     name = method if isinstance(method, str) else m.description or "custom"
     all_layers = prunable_layers(model)
     unknown = sorted(set(layers or ()) - set(all_layers))
@@ -233,7 +312,8 @@ def plan_pruning(
     layers = {k: v for k, v in all_layers.items() if layers is None or k in layers}
     check_min_states(layers, min_states)
     if scores is None:
-        scores = state_scores(model, m, seed=seed, bidirectional=bidirectional, step_rescale=step_rescale)
+        scores = state_scores(model, m, seed=seed, bidirectional=bidirectional, step_rescale=step_rescale,
+                              convention=convention, horizon=horizon, exact_pair=exact_pair, calibration=calibration)
     if set(scores) != set(all_layers):
         raise ValueError(f"scores cover layers {sorted(scores)}, the model has {sorted(all_layers)}")
     active = {k: layer.state_mask.detach().cpu().clone() for k, layer in layers.items()}
@@ -241,8 +321,15 @@ def plan_pruning(
     total = {k: int(totals[k]) if totals is not None else stored[k] for k in active}
     masks = {k: torch.zeros_like(a) for k, a in active.items()}
     threshold = None
+    options = dict(bidirectional="code" if convention == "reference" else bidirectional)
+    if m.horizon:
+        options["horizon"] = horizon
+    if m.pair_score is not None:
+        options["exact_pair"] = exact_pair
 
-    if m.scope == "uniform":
+    if convention == "reference":
+        masks, threshold = reference_select({k: scores[k] for k in layers}, r, active)
+    elif m.scope == "uniform":
         for k in layers:
             s = scores[k]
             want = max(total[k] - round_half_up(r * total[k]), min_states)
@@ -276,7 +363,8 @@ def plan_pruning(
     kept = {k: int(v.sum()) for k, v in masks.items()}
     achieved = 1 - sum(kept.values()) / sum(total.values())
     return PruningPlan(method=name, ratio=r, masks=masks, scores=scores, kept=kept, total=total,
-                       achieved_ratio=achieved, threshold=threshold, min_states=min_states, seed=seed)
+                       achieved_ratio=achieved, threshold=threshold, min_states=min_states, seed=seed,
+                       convention=convention, options=options)
 
 
 @torch.no_grad()

@@ -123,10 +123,13 @@ def run_grid(
     min_states: int = 1,
     bidirectional: str = "paper",
     progress: Callable[[int], Any] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> list[Point]:
     """Evaluate every method × ratio (× seed for stochastic methods) on every variant.
 
     Args:
+        options: method → score keyword arguments of :func:`~ssmlit.pruning.plan_pruning`
+            (``convention``, ``horizon``, ``exact_pair``, ``calibration``).
         progress: called as ``progress(n_points)`` first, then returns an object with
             ``update(1)`` and ``set_postfix_str(str)`` (a tqdm bar), or ``None``.
     """
@@ -136,10 +139,11 @@ def run_grid(
     points = []
     for method, seed in jobs:
         # Scores once per (method, seed); every ratio is a different cut of the same ranking.
-        scores = state_scores(masked.model, method, seed=seed or 0, bidirectional=bidirectional)
+        kw = (options or {}).get(method, {})
+        scores = state_scores(masked.model, method, seed=seed or 0, bidirectional=bidirectional, **kw)
         for r in ratios:
             plan = plan_pruning(masked.model, method, r, min_states, seed=seed or 0, bidirectional=bidirectional,
-                                scores=scores)
+                                scores=scores, **kw)
             metrics = masked.evaluate_plan(plan)
             points.append(Point(method, seed, float(r), plan.achieved_ratio, dict(plan.kept), dict(plan.total),
                                 metrics))
@@ -266,6 +270,7 @@ def select_ratio(
     seed: int = 0,
     min_states: int = 1,
     bidirectional: str = "paper",
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The largest ratio whose ``val`` accuracy loss stays within ``budget`` points (≤), using
     validation data only.
@@ -284,12 +289,13 @@ def select_ratio(
     if budget < 0:
         raise ValueError(f"select.budget must be >= 0 accuracy points, got {budget}")
     full = masked.evaluate_masks(masked.original_masks(), [val])[val]
-    scores = state_scores(masked.model, method, seed=seed, bidirectional=bidirectional)
+    kw = options or {}
+    scores = state_scores(masked.model, method, seed=seed, bidirectional=bidirectional, **kw)
     trace: list[dict[str, Any]] = []
 
     def probe(r: float, stage: str) -> tuple[bool, PruningPlan]:
         plan = plan_pruning(masked.model, method, r, min_states, seed=seed, bidirectional=bidirectional,
-                            scores=scores)
+                            scores=scores, **kw)
         m = masked.evaluate_plan(plan, [val])[val]
         lost = loss_points(full, m)
         ok = lost <= budget + EPS_POINTS
