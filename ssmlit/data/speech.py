@@ -28,6 +28,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ssmlit.errors import check_bool, check_int
+
 from .base import EvalVariant
 from .download import DataError, Source, find_paths, open_array, save_array
 from .images import PixelDataModule, PixelDataset, PixelTransform
@@ -118,6 +120,9 @@ class SpeechCommandsDataModule(PixelDataModule):
     def __init__(self, mfcc: bool = False, eval_8khz: bool = True, val_8khz: bool = False, prepare_workers: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for name, flag in (("mfcc", mfcc), ("eval_8khz", eval_8khz), ("val_8khz", val_8khz)):
+            check_bool(name, flag)
+        check_int("prepare_workers", prepare_workers, 0)
         if mfcc:
             try:
                 import torchaudio  # noqa: F401

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssmlit.errors import check_bool, check_int
+
 from .base import CachedDataModule
 from .download import LazyArray, open_array, save_array
 
@@ -210,8 +212,10 @@ class TokenDataModule(CachedDataModule):
     def __init__(self, l_max: int, min_freq: int = 1, append_bos: bool = False, append_eos: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if l_max < 2:
-            raise ValueError(f"l_max must be >= 2, got {l_max}")
+        check_int("l_max", l_max, 2)
+        check_int("min_freq", min_freq, 1)
+        check_bool("append_bos", append_bos)
+        check_bool("append_eos", append_eos)
         self.l_max, self.min_freq = l_max, min_freq
         self.append_bos, self.append_eos = append_bos, append_eos
         self.vocab: Vocab | None = None

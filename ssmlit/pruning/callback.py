@@ -83,7 +83,15 @@ class StatePruningCallback(Callback):
             raise ValueError(f"unknown bidirectional mode {bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
         if isinstance(min_states, bool) or not isinstance(min_states, int) or min_states < 1:
             raise ValueError(f"min_states must be an integer >= 1, got {min_states!r}")
-        self.method, self.ratio, self.min_states, self.seed = method, float(ratio), min_states, seed
+        for name, seq in (("epochs", epochs), ("ratios", ratios)):
+            if seq is not None and (isinstance(seq, str) or not hasattr(seq, "__iter__")):
+                raise ValueError(f"{name} must be a list, e.g. [5, 10], or null; got {seq!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        for name, flag in (("reset_best_checkpoint", reset_best_checkpoint), ("plots", plots)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        self.method, self.ratio, self.min_states, self.seed = method, ratio, min_states, seed
         self.bidirectional, self.reset_best_checkpoint, self.plots = bidirectional, reset_best_checkpoint, plots
         self.out_dir = out_dir
         self._schedule_args = dict(epoch=epoch, epochs=list(epochs) if epochs is not None else None,
@@ -91,6 +99,7 @@ class StatePruningCallback(Callback):
                                    start_epoch=start_epoch, end_epoch=end_epoch, frequency=frequency,
                                    initial_ratio=initial_ratio)
         self.schedule: Schedule = pruning_schedule(schedule, ratio, **self._schedule_args)
+        self.ratio = float(ratio)  # validated by pruning_schedule
         self.done: list[int] = []  # epochs whose step has run (the schedule position, checkpointed)
         self.history: list[dict[str, Any]] = []
         self.last_plan: PruningPlan | None = None
@@ -100,12 +109,19 @@ class StatePruningCallback(Callback):
         return self._generate_state_key(method=self.method, schedule=self.schedule.kind)
 
     # -- validation before training --------------------------------------------------------------
+    def check_run(self, module: torch.nn.Module, max_epochs: int | None) -> None:
+        """Raise ``ValueError`` if this callback cannot work on ``module`` in a run of ``max_epochs``
+        (pruning epochs beyond the run, ``min_states`` above a layer's size). The config-validation
+        phase calls it before any data is prepared; :meth:`setup` calls it again."""
+        check_min_states(prunable_layers(module), self.min_states)
+        self.schedule = pruning_schedule(self.schedule.kind, self.ratio, max_epochs=max_epochs,
+                                         **self._schedule_args)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        layers = prunable_layers(pl_module)
-        check_min_states(layers, self.min_states)
         if stage == "fit":
-            self.schedule = pruning_schedule(self.schedule.kind, self.ratio, max_epochs=trainer.max_epochs,
-                                             **self._schedule_args)
+            self.check_run(pl_module, trainer.max_epochs)
+        else:
+            check_min_states(prunable_layers(pl_module), self.min_states)
 
     # -- checkpointed schedule position ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ssmlit.models import SequenceModel, count_parameters
 
-from .optim import param_groups, warmup_cosine
+from .optim import check_optim, param_groups, warmup_cosine
 
 DEFAULT_OPTIM = dict(
     lr=4e-3, ssm_lr=1e-3, weight_decay=0.05, opt_config="standard", dt_global=False,
@@ -47,6 +47,7 @@ class SequenceClassifier(pl.LightningModule):
         unknown = set(optim) - set(DEFAULT_OPTIM)
         if unknown:
             raise ValueError(f"unknown optim keys {sorted(unknown)}; allowed: {sorted(DEFAULT_OPTIM)}")
+        check_optim(optim)
         self.save_hyperparameters(dict(
             model=model, optim=DEFAULT_OPTIM | optim,
             val_variants=[[str(n), float(r)] for n, r in val_variants],

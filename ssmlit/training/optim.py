@@ -17,10 +17,12 @@ them) and like S4, biases, norm parameters and embeddings are never decayed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
+from ssmlit.errors import check_bool, check_choice, check_float
 from ssmlit.models.base import DiagonalSSM
 
 OPT_CONFIGS = ("standard", "BandCdecay", "BfastandCdecay", "noBCdecay")
@@ -80,3 +82,28 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def check_optim(optim: Mapping[str, Any]) -> None:
+    """Validate the values of an ``optim`` block (the keys given; absent ones take defaults).
+
+    Raises:
+        ValueError: naming the key, the bad value and what is allowed.
+    """
+    for key in ("lr", "ssm_lr", "weight_decay"):  # 0 is allowed: it freezes (or does not decay) a group
+        if key in optim:
+            check_float(key, optim[key], 0)
+    if "opt_config" in optim:
+        check_choice("opt_config", optim["opt_config"], OPT_CONFIGS)
+    if "dt_global" in optim:
+        check_bool("dt_global", optim["dt_global"])
+    if "betas" in optim:
+        betas = optim["betas"]
+        if isinstance(betas, str) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        for b in betas:
+            check_float("betas", b, 0, 1, high_open=True)
+    if "warmup_epochs" in optim:
+        check_float("warmup_epochs", optim["warmup_epochs"], 0)
+    if "min_lr_ratio" in optim:
+        check_float("min_lr_ratio", optim["min_lr_ratio"], 0, 1)
