@@ -126,6 +126,8 @@ def test_locate_setting_matches_whole_names_only():
     assert locate_setting("need lr > 0 (ssm_lr too)", names) == "optim.lr"
     assert locate_setting("S5 d_state=3 is odd", names) == "model.ssm.d_state"
     assert locate_setting("nothing here", names) is None
+    assert locate_setting("epochs must be a list", {"epoch": "prune.epoch"}) is None  # not a prefix match
+    assert locate_setting("see trainer.lr_find", names) is None  # nor a part of a dotted name
 
 
 def test_cli_reports_the_prune_ratio_before_touching_missing_data(tmp_path):
@@ -155,7 +157,8 @@ def test_sweep_cli_unknown_key_is_exit_2(tmp_path):
 # -- class 1: configs (also those inside checkpoints) cannot choose code to run --------------------
 def _crafted_checkpoint(path: Path, task: dict) -> None:
     module = SequenceClassifier(dict(d_input=1, d_output=10, d_model=8, n_layers=1, ssm=dict(d_state=4, blocks=1)))
-    save_compact_checkpoint(module, path, OmegaConf.create({"task": task, "seed": 0}))
+    extra = task.pop("_outside", {})
+    save_compact_checkpoint(module, path, OmegaConf.create({"task": task, "seed": 0, **extra}))
 
 
 CRAFTED = {
@@ -165,6 +168,10 @@ CRAFTED = {
                               "data_dir": {"_target_": "numpy.savetxt", "fname": str(victim), "X": [1.0]}},
     "interpolated": lambda victim: {"_target_": "${.evil}", "evil": "numpy.savetxt", "fname": str(victim),
                                     "X": [1.0]},
+    # an argument interpolating a _target_ node from outside the task block
+    "outside": lambda victim: {
+        "_target_": "ssmlit.data.digits.DigitsDataModule", "data_dir": "${payload}",
+        "_outside": {"payload": {"_target_": "numpy.savetxt", "fname": str(victim), "X": [1.0]}}},
 }
 
 

@@ -260,3 +260,23 @@ def test_training_run_files_follow_the_umask(flat_run):
     for path in (flat_run / "results.json", flat_run / "checkpoints" / "last.ckpt",
                  next((flat_run / "checkpoints").glob("best-*.ckpt"))):
         assert _mode(path) == 0o666 & ~mask, path
+
+
+def test_checkpoints_are_staged_next_to_their_final_name(tmp_path, monkeypatch):
+    # Lightning's default writer stages in the system temp dir and moves the file over, which is a
+    # copy (half-written when killed) whenever that is another file system, as on most clusters.
+    import tempfile
+
+    calls = []
+    real = tempfile.mkstemp
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording)
+    _train(tmp_path / "r", "trainer.max_epochs=1")
+    folder = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    staged = [Path(d) for d in calls if d is not None and Path(d) == folder]
+    assert len(staged) == 2 and all(d is not None for d in calls), calls
