@@ -23,6 +23,7 @@ from ssmlit.errors import UserError
 from ssmlit.training.resume import resume_argv
 from ssmlit.training.run import train
 from ssmlit.training.rundir import discard_unused_run_dir, precheck_run_dir
+from ssmlit.training.validate import validate_config
 from ssmlit.utils import run_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -42,5 +43,5 @@ if __name__ == "__main__":
     with report_user_errors():
         sys.argv[1:] = resume_argv(sys.argv[1:])
         precheck_run_dir(sys.argv[1:])
-    hydra_cli(str(CONFIG_DIR), "config")
+    hydra_cli(str(CONFIG_DIR), "config", validate=validate_config)  # before Hydra writes anything
     main()

@@ -16,7 +16,7 @@ import contextlib
 import difflib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ssmlit.errors import ConfigError, UserError
@@ -143,13 +143,19 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]]:
     return out[:_MAX_COMPOSITIONS]
 
 
-def check_composition(config_dir: str, config_name: str, argv: Sequence[str]) -> None:
+def check_composition(config_dir: str, config_name: str, argv: Sequence[str],
+                      validate: Callable[[Any], Any] | None = None) -> None:
     """Compose ``config_name`` from ``config_dir`` with the overrides in ``argv`` (Hydra's command
-    line) and raise :class:`ConfigError` for what Hydra would refuse. Help, info and shell
-    completion requests, and other config sources (``-cp``/``-cn``/``-cd``), are left to Hydra."""
+    line) and raise :class:`ConfigError` for what Hydra would refuse; then run ``validate`` on
+    each composed job config (without its ``hydra`` node). Doing both here, before ``hydra.main``,
+    means a refused command writes nothing: no run directory, no ``.hydra/`` record overwritten
+    (a refused ``resume=`` would otherwise leave its bad overrides in the run's record). Help,
+    info and shell completion requests, and other config sources (``-cp``/``-cn``/``-cd``), are
+    left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
+    from omegaconf import open_dict
 
     try:
         args = get_args_parser().parse_args(list(argv))
@@ -166,15 +172,19 @@ def check_composition(config_dir: str, config_name: str, argv: Sequence[str]) ->
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         for ovs in variants:
             try:
-                compose(config_name, overrides=ovs, return_hydra_config=True)
+                cfg = compose(config_name, overrides=ovs, return_hydra_config=True)
             except HydraException as e:
                 raise _composition_error(e, ovs, config_name) from None
+            if validate is not None and args.cfg is None:
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                validate(cfg)
 
 
 def hydra_cli(config_dir: str, config_name: str, argv: Sequence[str] | None = None,
-              prog: str | None = None) -> None:
+              prog: str | None = None, validate: Callable[[Any], Any] | None = None) -> None:
     """Run :func:`check_composition` on ``argv`` (default ``sys.argv[1:]``), reporting problems with
     :func:`fail`. Call it before the ``hydra.main``-decorated function."""
     argv = sys.argv[1:] if argv is None else argv
     with report_user_errors(prog):
-        check_composition(config_dir, config_name, argv)
+        check_composition(config_dir, config_name, argv, validate)

@@ -280,3 +280,18 @@ def test_checkpoints_are_staged_next_to_their_final_name(tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["best-000.ckpt", "last.ckpt"]
     staged = [Path(d) for d in calls if d is not None and Path(d) == folder]
     assert len(staged) == 2 and all(d is not None for d in calls), calls
+
+
+def test_cli_refused_resume_leaves_the_runs_record_untouched(flat_run, tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(flat_run, run_copy)
+    record = run_copy / ".hydra" / "overrides.yaml"
+    record.parent.mkdir()
+    record.write_text(OmegaConf.to_yaml([*TINY, "trainer.max_epochs=3", "optim.lr=1e-12", "optim.ssm_lr=1e-12"]))
+    before = record.read_text()
+    for extra, message in ((["optim.lr=-1"], "error: optim.lr: must be a number >= 0, got -1"),
+                           ([], "error: trainer.max_epochs: 3, but ")):  # finished: recorded max_epochs reached
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run_copy}", *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-2000:]
+        assert record.read_text() == before and not (run_copy / ".hydra" / "config.yaml").exists()
