@@ -29,7 +29,7 @@ from ssmlit.utils import atomic_write_text, run_dir
 from .checkpointing import AtomicCheckpointIO, EpochSeed, checkpoint_callbacks
 from .module import SequenceClassifier
 from .rundir import claim_run_dir
-from .validate import as_config_error, setting_names, validate_config
+from .validate import as_config_error, task_setting_names, validate_config
 
 
 def build_datamodule(cfg: DictConfig, where: str | None = None) -> SequenceDataModule:
@@ -44,7 +44,7 @@ def build_datamodule(cfg: DictConfig, where: str | None = None) -> SequenceDataM
     except UserError:
         raise
     except (ValueError, TypeError, ImportError) as e:
-        raise as_config_error(e, setting_names("task", OmegaConf.to_container(cfg.task)), "task") from None
+        raise as_config_error(e, task_setting_names(OmegaConf.to_container(cfg.task)), "task") from None
     if not isinstance(dm, SequenceDataModule):
         raise ConfigError("task._target_", f"must build a ssmlit.data.SequenceDataModule, got {type(dm).__name__}")
     return prepare_datamodule(dm)

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssmlit.errors import ConfigError, UserError, check_choice, check_float, check_int
-from ssmlit.registry import check_targets, instantiate_checked, resolve_node
+from ssmlit.registry import allowed_targets, check_targets, instantiate_checked, resolve_node
 
 # The config's top-level settings (conf/config.yaml and its groups); anything else is a typo that
 # would otherwise be ignored.
@@ -63,6 +63,20 @@ def setting_names(prefix: str, node: Mapping[str, Any] | None, *fns: Callable) -
         with contextlib.suppress(TypeError, ValueError):
             names += [p for p in inspect.signature(fn).parameters if p not in ("self", "args", "kwargs")]
     return {n: f"{prefix}.{n}" for n in names}
+
+
+def task_setting_names(task_cfg: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`setting_names` of the ``task`` group, with the constructor arguments of the task
+    class and its bases (looked up only for an allow-listed ``_target_``)."""
+    from hydra.utils import get_class
+
+    target = task_cfg.get("_target_")
+    fns: list[Callable] = []
+    if isinstance(target, str) and target in allowed_targets("task"):
+        with contextlib.suppress(Exception):
+            fns = [k.__init__ for k in get_class(target).__mro__ if "__init__" in vars(k) and k.__module__
+                   .startswith("ssmlit.")]
+    return setting_names("task", task_cfg, *fns)
 
 
 def locate_setting(message: str, names: Mapping[str, str]) -> str | None:
@@ -144,7 +158,7 @@ def _validate(cfg: DictConfig) -> CheckedConfig:
     except UserError:
         raise
     except (ValueError, TypeError, ImportError) as e:
-        raise as_config_error(e, setting_names("task", task_cfg), "task") from None
+        raise as_config_error(e, task_setting_names(task_cfg), "task") from None
     if not isinstance(dm, SequenceDataModule):
         raise ConfigError("task._target_", f"must build a ssmlit.data.SequenceDataModule, got {type(dm).__name__}")
 
@@ -303,5 +317,5 @@ def _checkpoint(cfg: DictConfig, dm: Any) -> None:
 
 
 __all__ = ["CheckedConfig", "as_config_error", "locate_setting", "setting_names", "task_model_kwargs",
-           "validate_config"]
+           "task_setting_names", "validate_config"]
 
