@@ -21,6 +21,7 @@ Writes into ``out_dir`` (default ``<run>/sweep``): ``sweep.csv`` (one row per ev
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -32,6 +33,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ssmlit.cli import hydra_cli, report_user_errors
 from ssmlit.pruning import METHODS, plan_pruning
 from ssmlit.pruning.calibration import calibrate, calibration_batches, check_calibration_batches
 from ssmlit.pruning.horizon import check_horizon
@@ -59,7 +61,7 @@ from ssmlit.study.report import (
     write_csv,
     write_json,
 )
-from ssmlit.utils import atomic_write_text, config_dir
+from ssmlit.utils import StagingDir, atomic_write_text, check_writable, config_dir, remove_stale_staging
 
 __all__ = ["Options", "check_options", "main", "run_sweep"]
 
@@ -238,7 +240,7 @@ def build_evaluator(cfg: DictConfig, run: LoadedRun, device: torch.device) -> Ev
     """Rebuild the task's data from the training config and wrap its val/test loaders."""
     from ssmlit.training.run import build_datamodule
 
-    dm = build_datamodule(run.train_cfg)
+    dm = build_datamodule(run.train_cfg, where=run.config_source)
     if cfg.eval.batch_size is not None:
         dm.eval_batch_size = int(cfg.eval.batch_size)
     if cfg.eval.num_workers is not None:
@@ -249,12 +251,32 @@ def build_evaluator(cfg: DictConfig, run: LoadedRun, device: torch.device) -> Ev
 
 
 # -- the job ---------------------------------------------------------------------------------------
+def _discard_stages_on_error(fn):
+    """Delete the staging folders a failed call made (a partial sweep leaves nothing behind)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        before = len(_STAGES)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for stage in _STAGES[before:]:
+                stage.discard()
+            raise
+        finally:
+            del _STAGES[before:]
+
+    return wrapped
+
+
+@_discard_stages_on_error
 def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole study (validation of every input first); returns what ``sweep.json`` holds."""
     started = time.time()
     opts = check_options(cfg)
     run = load_run(cfg.ckpt, cfg.train_config)
-    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(run)
+    final = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(run)
+    stage = stage_output(final)  # out_dir must be writable before anything is evaluated
+    out = stage.path  # everything is written here, then renamed to `final` as a whole
     if cfg.eval.threads is not None:
         torch.set_num_threads(int(cfg.eval.threads))
     torch.set_float32_matmul_precision(str(run.train_cfg.get("matmul_precision", "highest")))
@@ -301,10 +323,14 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
 
     selection = None
     if opts.budget is not None:
-        selection = _select_and_export(cfg, opts, run, masked, evaluator, out, options[opts.select_method])
+        selection = _select_and_export(cfg, opts, run, masked, evaluator, out, options[opts.select_method], final)
 
     # -- outputs -----------------------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
+    if selection and selection.get("compact"):
+        selection["compact"]["path"] = str(final / "compact.ckpt")
+        stream = selection["compact"].get("stream", {})
+        if "dir" in stream:  # written into the staging folder: record where it ends up
+            stream["dir"] = str(final / "stream")
     atomic_write_text(out / "sweep_config.yaml", OmegaConf.to_yaml(cfg))
     write_csv(out / "sweep.csv", point_rows(points, layers, variants))
     table = summary_markdown(summary, variants, full_state_dim)
@@ -325,7 +351,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
                         {"summary": table, **({"selection": sel_text} if sel_text else {})}, layer_dims)
 
     result = dict(
-        checkpoint=str(run.ckpt_path), train_config=run.config_source, out_dir=str(out),
+        checkpoint=str(run.ckpt_path), train_config=run.config_source, out_dir=str(final),
         task=run.train_cfg.task.get("_target_"), variants=variants, layers=layers,
         model=stats, methods=opts.methods, ratios=opts.ratios, random_seeds=opts.seeds,
         threshold_points=opts.threshold, min_states=cfg.min_states, bidirectional=cfg.bidirectional,
@@ -343,16 +369,40 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
                     distinct_evaluations=masked.evaluations, reused_evaluations=masked.reused),
     )
     write_json(out / "sweep.json", result)
+    stage.commit(final)
     print("\n" + table)
     if sel_text:
         print(sel_text)
     print(f"{len(points)} pruned models, {masked.evaluations} distinct evaluations "
           f"({masked.reused} reused: identical masks) in {sweep_s:.1f} s; total {time.time() - started:.1f} s")
-    print(f"written to {out}: sweep.csv, sweep.json, summary.md, accuracy_vs_ratio.png, remaining_states.png"
+    print(f"written to {final}: sweep.csv, sweep.json, summary.md, accuracy_vs_ratio.png, remaining_states.png"
           + (", tb/" if cfg.tensorboard else "")
           + (", compact.ckpt" if selection and selection.get("compact") else "")
           + (", stream/" if selection and "files" in selection.get("compact", {}).get("stream", {}) else ""))
     return result
+
+
+_STAGES: list[StagingDir] = []  # staging folders of the sweep in progress
+
+
+def stage_output(final: Path) -> StagingDir:
+    """A staging folder for the sweep's outputs next to ``final`` (the whole set is renamed into
+    place when complete, so ``final`` never mixes two sweeps); fails now if ``final`` cannot be
+    written, or if it is an existing folder that is not a sweep's output (it would be replaced)."""
+    if final.is_dir() and any(final.iterdir()) and not (final / "sweep.json").is_file() \
+            and not (final / "sweep_config.yaml").is_file():
+        raise SweepInputError(f"out_dir={final} exists and does not hold a sweep's outputs; it would be replaced as "
+                              "a whole: pass an empty or new folder")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(final.parent, f".{final.name}.tmp-*")
+        stage = StagingDir(final.parent, f".{final.name}.tmp-", discard_at_exit=True)
+        _STAGES.append(stage)
+        check_writable(stage.path)
+    except OSError as e:
+        raise SweepInputError(f"out_dir={final} cannot be written ({e.strerror or e}); pass out_dir=<a writable "
+                              "folder>") from None
+    return stage
 
 
 def _progress(enabled: bool):
@@ -364,7 +414,7 @@ def _progress(enabled: bool):
 
 
 def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: MaskedEvaluator,
-                       evaluator: Evaluator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+                       evaluator: Evaluator, out: Path, options: dict[str, Any], final: Path) -> dict[str, Any]:
     """Automatic ratio (validation only), then its metrics on every variant, and the export."""
     s = cfg.select
     sel = select_ratio(masked, opts.select_method, opts.ratios, opts.budget, val=s.variant,
@@ -411,7 +461,7 @@ def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: M
 
         comp["stream"] = export_compact_stream(
             module.model, reloaded, evaluator.first_batch(check), out / "stream", opts.stream_formats,
-            int(s.stream.frame), str(path), dict(s.bench) if s.bench.enabled else None)
+            int(s.stream.frame), str(final / path.name), dict(s.bench) if s.bench.enabled else None)
         if "skipped" in comp["stream"]:
             print(f"note: no streaming export: {comp['stream']['skipped']}")
     sel["compact"] = comp
@@ -420,13 +470,11 @@ def _select_and_export(cfg: DictConfig, opts: Options, run: LoadedRun, masked: M
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sweep")
 def main(cfg: DictConfig) -> None:
-    try:
+    with report_user_errors("ssmlit.sweep"):
         run_sweep(cfg)
-    except SweepInputError as e:
-        print(f"ssmlit.sweep: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
+    hydra_cli(str(config_dir()), "sweep", prog="ssmlit.sweep")
     main()
 

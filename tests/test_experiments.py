@@ -127,7 +127,7 @@ def _tiny(name, data_dir):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_one_step_on_fixtures(name, fixture_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # train() writes results and checkpoints into the run directory
-    results = train(_compose(_tiny(name, fixture_data)))
+    results = train(_compose(_tiny(name, fixture_data)), out=tmp_path)
     assert 0 <= results["test/acc"] <= 1 and results["test/loss"] == results["test/loss"]
     if name.endswith("speech"):
         assert 0 <= results["test_8khz/acc"] <= 1  # the zero-shot 8 kHz evaluation ran

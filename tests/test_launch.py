@@ -56,7 +56,10 @@ def test_hparams_cover_the_whole_composed_config():
         cfg = compose("config", overrides=["+prune=aire", "model=s4d", "hydra.runtime.output_dir=/runs/x"],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # what a Hydra job has (logger.save_dir interpolates it)
-    flat = flat_config(cfg)
+    try:
+        flat = flat_config(cfg)
+    finally:  # a Hydra config left set would give later tests in this process a run dir of /runs/x
+        HydraConfig.instance().cfg = None
     for group in ("task", "model", "optim", "prune", "trainer"):
         assert any(k.startswith(group + ".") for k in flat), group
     assert flat["model.layer"] == "s4d" and flat["prune.method"] == "aire" and flat["optim.betas"] == "[0.9, 0.999]"

@@ -25,23 +25,23 @@ def test_layer_errors_in_full():
             discretization="euler")
     _raises(ValueError, "unknown C_init 'zeros'; choose one of ('trunc_standard_normal', 'lecun_normal', "
             "'complex_normal')", S5, 4, 8, C_init="zeros")
-    _raises(ValueError, "unknown scan algorithm 'magic'; choose one of ['assoc', 'chunked', 'fft', 'sequential']",
+    _raises(ValueError, "unknown scan algorithm 'magic'; choose one of ['auto', 'lean', 'triton', 'chunked', 'assoc', "
+            "'fft', 'sequential']",
             S5, 4, 8, scan="magic")
-    for kw in (dict(dt_min=0.0), dict(dt_min=0.2, dt_max=0.1)):
-        args = dict(dt_min=1e-3, dt_max=1e-1) | kw
-        text = f"need 0 < dt_min <= dt_max, got dt_min={args['dt_min']}, dt_max={args['dt_max']}"
+    for kw, text in ((dict(dt_min=0.0), "dt_min must be a number > 0, got 0.0"),
+                     (dict(dt_min=0.2, dt_max=0.1), "dt_min must be <= dt_max, got dt_min=0.2, dt_max=0.1")):
         _raises(ValueError, text, S5, 4, 8, **kw)
         _raises(ValueError, text, S4D, 4, 8, **kw)
     assert S5(4, 8, dt_min=0.05, dt_max=0.05).log_step.exp().allclose(torch.tensor(0.05))  # equal is fine
     assert S4D(4, 8, dt_min=0.05, dt_max=0.05).log_dt.exp().allclose(torch.tensor(0.05))
-    _raises(ValueError, "S5 d_state=12 must split into blocks=4 equal blocks of even size (d_state % (2*blocks) "
+    _raises(ValueError, "blocks=4 must split d_state=12 into equal blocks of even size (d_state % (2*blocks) "
             "== 0)", S5, 4, 12, blocks=4)
     _raises(ValueError, "unknown discretization 'euler'; choose one of ('zoh', 'bilinear')", S4D, 4, 8,
             discretization="euler")
     _raises(ValueError, "unknown S4D init 'zero'; choose one of ('legs', 'inv', 'lin')", S4D, 4, 8, init="zero")
     _raises(ValueError, "n_ssm=4 must divide d_model=6", S4D, 6, 8, n_ssm=4)
-    _raises(ValueError, "n_ssm=0 must divide d_model=6", S4D, 6, 8, n_ssm=0)
-    _raises(ValueError, "S4D d_state must be a positive even number (N/2 conjugate pairs), got 7", S4D, 4, 7)
+    _raises(ValueError, "n_ssm must be an integer >= 1 or null, got 0", S4D, 6, 8, n_ssm=0)
+    _raises(ValueError, "d_state must be even (N/2 conjugate pairs per channel are stored), got 7", S4D, 4, 7)
     _raises(ValueError, "S5 expects input [batch, length, 4], got (2, 3, 5)", S5(4, 8), torch.randn(2, 3, 5))
     _raises(ValueError, "S4D expects input [batch, length, 4], got (3, 4)", S4D(4, 8), torch.randn(3, 4))
     _raises(ValueError, "discretized_system dtype must be torch.complex64 or torch.complex128, got torch.float32",
@@ -89,12 +89,13 @@ def test_param_roles_config_and_repr():
     assert S4D(4, 8).param_roles()["B"] == "B"
     cfg = s4d.config()
     assert cfg == dict(d_model=4, d_state=8, bidirectional=True, discretization="bilinear", init="lin", dt_min=0.01,
-                       dt_max=0.2, n_ssm=2, trainable_B=False, step_rescale=0.5)
+                       dt_max=0.2, n_ssm=2, trainable_B=False, step_rescale=0.5, bidirectional_convention="s5",
+                       l_max=None, imag_init_min=0.0)
     assert S4D(**cfg).config() == cfg
     s4d.state_mask[:3] = False
     assert s4d.n_modes == 4 and s4d.n_states == 16 and s4d.n_active == 13
     assert s4d.extra_repr() == ("d_model=4, d_state=8 (4 modes/channel, 13/16 active), n_ssm=2, init=lin, "
-                                "bidirectional=True, discretization=bilinear")
+                                "bidirectional=True (s5 convention), discretization=bilinear")
     # step_rescale defaults to the constructor's value, and a per-call value does not stick
     for layer in (s5, s4d):
         lam_default = layer.discretized_system(torch.complex128)[0]
@@ -138,7 +139,7 @@ def test_backbone_errors_in_full():
     _raises(ValueError, "unknown layer 's6'; choose one of ['s4d', 's5']", SequenceModel, 2, d_input=1, layer="s6")
     _raises(ValueError, "unknown pooling 'max'; choose one of ('mean', 'last')", SequenceModel, 2, d_input=1,
             pooling="max")
-    _raises(ValueError, "n_layers must be >= 1, got 0", SequenceModel, 2, d_input=1, n_layers=0)
+    _raises(ValueError, "n_layers must be an integer >= 1, got 0", SequenceModel, 2, d_input=1, n_layers=0)
     _raises(ValueError, "ssm lists 1 layer configs but n_layers=2", SequenceModel, 2, d_input=1, n_layers=2,
             ssm=[dict(d_state=4)])
     model = SequenceModel(2, d_input=1, d_model=4, n_layers=1, ssm=dict(d_state=4))

@@ -52,7 +52,7 @@ def test_schedule_errors_name_the_setting_the_value_and_what_is_allowed():
             "epochs must be <= -1", pruning_schedule, "oneshot", 0.3, epoch=0, max_epochs=0)
     assert pruning_schedule("oneshot", 0.3, epoch=2, max_epochs=3).steps == ((2, 0.3),)
     assert pruning_schedule("oneshot", 0.3, epoch=50, max_epochs=-1).steps == ((50, 0.3),)  # -1: unlimited
-    _raises(ValueError, "ratio must lie in [0, 1] (the fraction of states removed), got 1.5", pruning_schedule,
+    _raises(ValueError, "ratio must be a number in [0, 1] (the fraction of states removed), got 1.5", pruning_schedule,
             "oneshot", 1.5)
     assert pruning_schedule("oneshot", 1.0).final_ratio == 1.0 and pruning_schedule("oneshot", 0).final_ratio == 0
     _raises(ValueError, "unknown pruning schedule 'cubic'; choose one of ('oneshot', 'iterative', 'gradual')",
@@ -67,8 +67,8 @@ def test_schedule_errors_name_the_setting_the_value_and_what_is_allowed():
             "iterative", 0.3, epochs=[2, 2])
     _raises(ValueError, "iterative schedule: 2 epochs but 1 ratios", pruning_schedule, "iterative", 0.3,
             epochs=[1, 2], ratios=[0.3])
-    _raises(ValueError, "ratios[] must lie in [0, 1] (the fraction of states removed), got 1.2", pruning_schedule,
-            "iterative", 0.3, epochs=[1, 2], ratios=[0.3, 1.2])
+    _raises(ValueError, "ratios[] must be a number in [0, 1] (the fraction of states removed), got 1.2",
+            pruning_schedule, "iterative", 0.3, epochs=[1, 2], ratios=[0.3, 1.2])
     _raises(ValueError, "iterative ratios must be non-decreasing (pruning is cumulative), got [0.4, 0.3]",
             pruning_schedule, "iterative", 0.3, epochs=[1, 2], ratios=[0.4, 0.3])
     s = pruning_schedule("iterative", 0.9, epochs=[1, 2], ratios=[0.3, 0.3])  # equal ratios are allowed
@@ -147,7 +147,7 @@ def test_plan_summary_table_and_layer_ratios():
     assert plan.layer_ratios == {"0": 0.5, "1": 0.5}
     s = plan.summary()
     assert s == dict(method="uniform_hinf", ratio=0.5, achieved_ratio=0.5, min_states=1, seed=4, threshold=None,
-                     kept_total=4, states_total=8,
+                     convention="ssmlit", bidirectional="paper", exact_pair=False, kept_total=4, states_total=8,
                      layers=[dict(layer="0", kept=2, total=4), dict(layer="1", kept=2, total=4)])
     table = plan.table(before={"val/acc": 0.91}, after={"val/acc": 0.875, "test/acc": 0.5})
     assert table.splitlines() == [

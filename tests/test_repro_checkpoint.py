@@ -82,7 +82,7 @@ def test_train_records_the_pruned_checkpoint(tmp_path, monkeypatch, capsys):
                  "model.ssm.blocks=2"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    results = train(cfg)
+    results = train(cfg, out=tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["pruned_checkpoint"] == results["pruned_checkpoint"]
     assert saved["pruned_checkpoint"] == "last: final-epoch weights"

@@ -159,7 +159,7 @@ VARIANTS = [f"s5_script/{t}" for t in TASKS] + [f"s4d_code/{t}" for t in S4D_TAS
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_runs_one_step_on_fixtures(name, fixture_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    results = train(_compose(_tiny(name, fixture_data)))
+    results = train(_compose(_tiny(name, fixture_data)), out=tmp_path)
     assert 0 <= results["test/acc"] <= 1 and results["test/loss"] == results["test/loss"]
     if name.endswith("speech"):
         assert 0 <= results["test_8khz/acc"] <= 1

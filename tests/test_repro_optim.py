@@ -111,12 +111,12 @@ def test_s5_schedule_trains_the_last_epoch_at_lr_zero(tmp_path):
 
 
 @pytest.mark.parametrize("optim, match", [
-    (dict(schedule="s5"), r"optim.schedule must be one of .*'s5'"),
-    (dict(dt_decay=False), r"optim.dt_decay=false only applies with optim.dt_global=true"),
-    (dict(dt_global=True, dt_decay="no"), r"optim.dt_decay must be true or false, got 'no'"),
-    (dict(c_lr=-1.0), r"optim.c_lr must be a number >= 0 or null, got -1.0"),
-    (dict(decay_norm_bias=1), r"optim.decay_norm_bias must be true or false, got 1"),
-    (dict(opt_config="adam"), r"optim.opt_config must be one of .*'adam'"),
+    (dict(schedule="s5"), r"schedule must be one of .*'s5'"),
+    (dict(dt_decay=False), r"dt_decay=false only applies with optim.dt_global=true"),
+    (dict(dt_global=True, dt_decay="no"), r"dt_decay must be true or false, got 'no'"),
+    (dict(c_lr=-1.0), r"c_lr must be a number >= 0 or null, got -1.0"),
+    (dict(decay_norm_bias=1), r"decay_norm_bias must be true or false, got 1"),
+    (dict(opt_config="adam"), r"opt_config must be one of .*'adam'"),
 ])
 def test_new_optim_options_are_validated_in_the_constructor(optim, match):
     model = dict(d_input=1, d_output=10, d_model=8, n_layers=1, ssm=dict(d_state=8, blocks=2))

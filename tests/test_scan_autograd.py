@@ -217,7 +217,7 @@ def test_scan_choice_is_validated(monkeypatch):
     monkeypatch.setattr(s5mod, "triton_available", lambda: False)
     with pytest.raises(ValueError, match="scan='triton' needs the triton package"):
         S5(4, 8, scan="triton")
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 2, got 0"):
         S5(4, 8, chunk_size=0)
     with pytest.raises(ValueError, match="unknown scan engine 'x'"):
         diagonal_recurrence(torch.zeros(2, dtype=torch.complex64), torch.zeros(1, 3, 2, dtype=torch.complex64),

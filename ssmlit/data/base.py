@@ -14,8 +14,9 @@ The model code never imports this module; ``train.py`` builds the model from ``m
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,9 +24,13 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssmlit.errors import check_bool, check_int
 
 from .download import (
+    _CORRUPT,
+    DataError,
     DataNotFoundError,
     DownloadError,
     Source,
@@ -120,13 +125,11 @@ class SequenceDataModule(pl.LightningDataModule):
         data_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1, allow_none=True) or batch_size
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.data_dir = Path(_check_path("data_dir", data_dir)) if data_dir is not None else default_data_dir()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -157,10 +160,12 @@ class SequenceDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split")
+        sampler = EpochShuffleSampler(len(dataset), _global_seed()) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
+            generator=sampler.loader_generator if sampler is not None else None,
             drop_last=False,  # evaluation must see every example (s4's drop_last=True loses some)
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -176,6 +181,51 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.test_set, False)] + [self._loader(d, False) for _, d in self.extra_test_sets]
+
+
+def _check_path(name: str, value: Any) -> Any:
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise ValueError(f"{name} must be a folder path or null, got {value!r}")
+    return value
+
+
+def _global_seed() -> int:
+    """The run's seed: what ``lightning.seed_everything`` recorded, else torch's initial seed."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None and seed.lstrip("-").isdigit() else torch.initial_seed()
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``range(n)`` per epoch that depends on ``(seed, epoch)`` alone.
+
+    Lightning calls :meth:`set_epoch` before every training epoch, so a run resumed from an
+    epoch-end checkpoint draws exactly the orders an uninterrupted run draws (a plain
+    ``shuffle=True`` loader draws from the global RNG, whose state a checkpoint does not hold).
+    ``loader_generator`` is meant as the DataLoader's ``generator``: reseeded per epoch as well, it
+    gives the workers' base seeds, which would otherwise be one more draw from the global RNG
+    (shifting every dropout mask after it). Under DDP Lightning wraps the sampler in its
+    distributed sampler, which is epoch-seeded as well.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed = n, int(seed)
+        self.loader_generator = torch.Generator()
+        self.set_epoch(0)
+
+    def _epoch_seed(self, stream: int) -> int:
+        state = np.random.SeedSequence([self.seed % 2**63, self.epoch, stream]).generate_state(2, np.uint32)
+        return int(state[0]) << 31 | int(state[1]) >> 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.loader_generator.manual_seed(self._epoch_seed(1))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self._epoch_seed(0))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def split_sizes(n: int, fracs: Sequence[float]) -> list[int]:
@@ -225,9 +275,10 @@ class CachedDataModule(SequenceDataModule):
     def __init__(self, download: bool = True, progress: bool = True,
                  cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.download = download
-        self.progress = progress
-        self.cache_root = Path(cache_dir) if cache_dir is not None else self.data_dir / "cache"
+        self.download = check_bool("download", download)
+        self.progress = check_bool("progress", progress)
+        self.cache_root = Path(_check_path("cache_dir", cache_dir)) if cache_dir is not None \
+            else self.data_dir / "cache"
 
     # -- to implement ------------------------------------------------------------------------------
     def cache_params(self) -> dict[str, Any]:
@@ -257,6 +308,21 @@ class CachedDataModule(SequenceDataModule):
         ``ChecksumError`` / ``ArchiveError`` (a bad download or archive; no cache is written)."""
         if read_cache_meta(self.cache_path) is not None:
             return  # cached: never touch (or even search for) the raw files again
+        try:
+            self._prepare()
+        except DataError:
+            raise
+        except (*_CORRUPT, UnicodeDecodeError) as e:  # a reader that does not name its file itself
+            raise DataError(f"{self.task_name}: a raw file beneath {self.data_dir} is corrupt or truncated "
+                            f"({type(e).__name__}: {e}); delete it and download it again") from e
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise DataError(f"{self.task_name}: cannot write beneath {self.data_dir} ({e.strerror}: {e.filename}); "
+                            "point task.data_dir at a writable folder, or, when the raw files are already there, "
+                            "task.cache_dir at a writable folder for the preprocessed cache") from e
+
+    def _prepare(self) -> None:
         raw = self.locate_raw()
         if raw is None:
             if not self.download:

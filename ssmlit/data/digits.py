@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from ssmlit.errors import check_float
+
 from .base import SequenceDataModule
 
 
@@ -43,6 +45,11 @@ class DigitsDataModule(SequenceDataModule):
 
     def __init__(self, val_frac: float = 0.15, test_frac: float = 0.15, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_float("val_frac", val_frac, 0, 1, low_open=True, high_open=True)
+        check_float("test_frac", test_frac, 0, 1, low_open=True, high_open=True)
+        if val_frac + test_frac >= 1:
+            raise ValueError(f"val_frac + test_frac must be < 1 (something must be left to train on), got "
+                             f"val_frac={val_frac} + test_frac={test_frac}")
         self.val_frac, self.test_frac = val_frac, test_frac
 
     def setup(self, stage: str | None = None) -> None:

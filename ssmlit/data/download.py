@@ -34,7 +34,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +47,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ssmlit.utils import atomic_write_text
+from ssmlit.errors import UserError
+from ssmlit.utils import StagingDir, atomic_write_text, remove_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ SKIP_DIRS = frozenset({"imgs", "__pycache__", "_background_noise_"})
 
 
 # -- errors ---------------------------------------------------------------------------------------
-class DataError(RuntimeError):
-    """Base class of data preparation errors."""
+class DataError(UserError, RuntimeError):
+    """Base class of data preparation errors (user errors: reported as one message, exit code 2)."""
 
 
 class DataNotFoundError(DataError, FileNotFoundError):
@@ -455,7 +455,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}-", dir=dest))
+    for stale in remove_stale_staging(dest, ".extract-*"):
+        log.info("removed %s, left by an interrupted extraction", stale)
+    stage = StagingDir(dest, f".extract-{archive.name}-")
+    tmp = stage.path
     try:
         try:
             if zipfile.is_zipfile(archive):
@@ -480,7 +483,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
             moved.append(dest / child.name)
         return moved
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.discard()
 
 
 # -- cache ----------------------------------------------------------------------------------------
@@ -509,17 +512,31 @@ def build_cache(
     """Build a cache folder once, atomically, and return its metadata.
 
     If ``path`` already holds a complete cache, nothing is rebuilt. Otherwise ``builder(tmp)`` writes
-    the arrays into a fresh hidden temporary folder next to ``path`` and returns extra metadata; then
-    ``meta.json`` (``params`` + the extras) is written and the folder renamed to ``path``. If the
-    builder raises, the temporary folder is deleted and no cache exists afterwards. When another
-    process finished the same cache first, its result is kept.
+    the arrays into a fresh hidden staging folder ``.<name>.tmp-*`` next to ``path`` and returns
+    extra metadata; then ``meta.json`` (``params`` + the extras) is written and the folder renamed to
+    ``path``. If the builder raises, the staging folder is deleted and no cache exists afterwards;
+    staging folders left by killed builds (Path-X: gigabytes) are deleted by the next build, while
+    those of builds still running elsewhere are left alone. When another process finished the same
+    cache first, its result is kept.
+
+    Raises:
+        DataError: the cache folder cannot be created (read-only ``data_dir``); the message says
+            that ``task.cache_dir`` can point elsewhere.
     """
     path = Path(path)
     meta = read_cache_meta(path)
     if meta is not None:
         return meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_staging(path.parent, ".*.tmp-*"):
+            log.info("removed %s, left by an interrupted cache build", stale)
+        stage = StagingDir(path.parent, f".{path.name}.tmp-")
+    except OSError as e:
+        raise DataError(f"cannot write the preprocessed-data cache in {path.parent} ({e.strerror or e}); point "
+                        "task.cache_dir at a writable folder (e.g. task.cache_dir=/tmp/ssmlit-cache), or "
+                        "task.data_dir at a writable copy of the data") from e
+    tmp = stage.path
     try:
         started = time.time()
         extra = dict(builder(tmp) or {})
@@ -529,13 +546,13 @@ def build_cache(
         if path.exists() and read_cache_meta(path) is None:
             shutil.rmtree(path)  # a folder without meta.json was never completed (e.g. copied by hand)
         try:
-            os.replace(tmp, path)
+            stage.commit(path, replace=False)
         except OSError:
             if read_cache_meta(path) is None:
                 raise
         return read_cache_meta(path) or meta
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.discard()
 
 
 def save_array(folder: str | os.PathLike, name: str, array: np.ndarray) -> None:

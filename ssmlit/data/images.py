@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from ssmlit.errors import check_bool, check_float, check_int
 
 from .base import CachedDataModule, pad_collate, seeded_split
 from .download import DataError, LazyArray, Source, find_paths, save_array
@@ -143,12 +146,19 @@ def read_idx(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as e:  # truncated: EOFError; bad header/CRC: BadGzipFile
+            raise DataError(f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e}); delete it and "
+                            "download it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an idx file (bad magic number)")
+        raise DataError(f"{path}: not an MNIST idx file (bad magic number {data[:4]!r}); delete it and download it "
+                        "again")
     if data[2] != 0x08:
         raise DataError(f"{path}: idx type byte {data[2]:#x}, only unsigned bytes (0x08) are supported")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: the idx header is cut short; the file is truncated")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
@@ -192,6 +202,8 @@ class MNISTDataModule(HeldOutValidationMixin, PixelDataModule):
         super().__init__(**kwargs)
         if permute not in self.PERMUTATIONS:
             raise ValueError(f"unknown permute {permute!r}; choose one of {self.PERMUTATIONS}")
+        check_int("permute_seed", permute_seed, 0, 2**32 - 1)
+        check_float("val_frac", val_frac, 0, 1, low_open=True, high_open=True)
         self.permute, self.permute_seed, self.val_frac = permute, permute_seed, val_frac
         self.transform = PixelTransform(perm=self.permutation())
 
@@ -313,6 +325,9 @@ class CIFARDataModule(HeldOutValidationMixin, PixelDataModule):
     def __init__(self, grayscale: bool = False, tokenize: bool = False, val_frac: float = 0.1,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_bool("grayscale", grayscale)
+        check_bool("tokenize", tokenize)
+        check_float("val_frac", val_frac, 0, 1, low_open=True, high_open=True)
         if tokenize and not grayscale:
             raise ValueError("tokenize=True needs grayscale=True (one integer per pixel)")
         self.grayscale, self.tokenize, self.val_frac = grayscale, tokenize, val_frac

@@ -22,6 +22,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import random
 import statistics
 from collections import Counter
@@ -119,6 +120,15 @@ def evaluate_tree(tree: Tree) -> int:
     raise ValueError(f"unknown operator {op!r}")
 
 
+def longest_tree(max_depth: int, max_args: int) -> int:
+    """The most tokens a tree can have: below ``max_depth`` a node is an operator (2 tokens) with
+    ``max_args`` arguments one level deeper; at ``max_depth`` it is a digit (the root is depth 1)."""
+    length = 1
+    for _ in range(max_depth - 1):
+        length = 2 + max_args * length
+    return length
+
+
 def generate_listops(n: int, seed: int = 0, max_depth: int = 10, max_args: int = 10, min_length: int = 500,
                      max_length: int = 2000, max_tries: int | None = None) -> list[tuple[str, int]]:
     """``n`` distinct ``(source, target)`` examples with ``min_length < length < max_length``,
@@ -127,6 +137,11 @@ def generate_listops(n: int, seed: int = 0, max_depth: int = 10, max_args: int =
         raise ValueError(f"need 0 <= min_length < max_length, got {min_length}, {max_length}")
     if max_args < 2 or max_depth < 1:
         raise ValueError(f"need max_args >= 2 and max_depth >= 1, got {max_args}, {max_depth}")
+    longest = longest_tree(max_depth, max_args)
+    if min_length + 1 > min(longest, max_length - 1):
+        raise ValueError(f"min_length={min_length} cannot be exceeded: with max_depth={max_depth} and "
+                         f"max_args={max_args} the longest tree has {longest} tokens (and lengths must stay below "
+                         f"max_length={max_length})")
     rng = random.Random(seed)
     seen: dict[str, int] = {}  # insertion-ordered set, as the LRA code collects trees in a set
     tries = 0
@@ -154,27 +169,73 @@ def write_listops_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}, must be an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _writable_target(folder: Path) -> bool:
+    """Whether ``folder`` (or, if missing, its nearest existing parent) accepts new files."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ssmlit.data.listops --out DIR [--train N --val N --test N --seed S ...]``."""
-    p = argparse.ArgumentParser(prog="python -m ssmlit.data.listops", description=__doc__.split("\n\n")[0])
+    """``python -m ssmlit.data.listops --out DIR [--train N --val N --test N --seed S ...]``.
+
+    Bad arguments, impossible length limits and unwritable output folders end in one ``error:``
+    line and exit code 2 (argparse's convention)."""
+    p = _Parser(prog="python -m ssmlit.data.listops", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (e.g. data/listops-1000)")
-    p.add_argument("--train", type=int, default=96_000)
-    p.add_argument("--val", type=int, default=2_000)
-    p.add_argument("--test", type=int, default=2_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-depth", type=int, default=10)
-    p.add_argument("--max-args", type=int, default=10)
-    p.add_argument("--min-length", type=int, default=500)
-    p.add_argument("--max-length", type=int, default=2000)
+    p.add_argument("--train", type=_count(1), default=96_000)
+    p.add_argument("--val", type=_count(1), default=2_000)
+    p.add_argument("--test", type=_count(1), default=2_000)
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--max-depth", type=_count(1), default=10)
+    p.add_argument("--max-args", type=_count(2), default=10)
+    p.add_argument("--min-length", type=_count(0), default=500)
+    p.add_argument("--max-length", type=_count(1), default=2000)
+    p.add_argument("--max-tries", type=_count(1), default=None,
+                   help="give up after this many generated trees (default: 50 per example + 10,000)")
     args = p.parse_args(argv)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    rows = generate_listops(sum(sizes.values()), args.seed, args.max_depth, args.max_args, args.min_length,
-                            args.max_length)
-    start = 0
-    for split, n in sizes.items():
-        write_listops_tsv(args.out / SPLIT_FILES[split], rows[start: start + n])
-        print(f"wrote {n} examples to {args.out / SPLIT_FILES[split]}")
-        start += n
+    total = sum(sizes.values())
+    if not _writable_target(args.out):
+        p.error(f"--out {args.out}: not a writable folder")
+    try:
+        rows = generate_listops(total, args.seed, args.max_depth, args.max_args, args.min_length, args.max_length,
+                                max_tries=args.max_tries or 50 * total + 10_000)
+    except ValueError as e:
+        p.error(str(e).replace("min_length", "--min-length").replace("max_length", "--max-length")
+                .replace("max_depth", "--max-depth").replace("max_args", "--max-args"))
+    except RuntimeError as e:
+        p.error(f"{e}; widen --min-length/--max-length, or raise --max-tries")
+    start, written = 0, []
+    try:
+        for split, n in sizes.items():
+            write_listops_tsv(args.out / SPLIT_FILES[split], rows[start: start + n])
+            written.append((n, args.out / SPLIT_FILES[split]))
+            start += n
+    except OSError as e:
+        for _, path in written:  # no partial set of splits
+            path.unlink(missing_ok=True)
+        p.error(f"--out {args.out}: cannot write there ({e.strerror or e})")
+    for n, path in written:
+        print(f"wrote {n} examples to {path}")
 
 
 # -- data module -----------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ssmlit.errors import check_bool, check_float, check_int
+
 from .base import seeded_split
 from .download import DataError, choose_copy, find_paths, open_array, save_array
 from .images import PixelDataModule, PixelDataset, PixelTransform
@@ -97,6 +99,13 @@ class PathfinderDataModule(PixelDataModule):
             raise ValueError(f"resolution must be one of {self.RESOLUTIONS}, got {resolution}")
         if difficulty not in self.DIFFICULTIES:
             raise ValueError(f"difficulty must be one of {self.DIFFICULTIES}, got {difficulty!r}")
+        check_bool("center", center)
+        check_float("val_frac", val_frac, 0, 1, low_open=True, high_open=True)
+        check_float("test_frac", test_frac, 0, 1, low_open=True, high_open=True)
+        if val_frac + test_frac >= 1:
+            raise ValueError(f"val_frac + test_frac must be < 1 (something must be left to train on), got "
+                             f"val_frac={val_frac} + test_frac={test_frac}")
+        check_int("prepare_workers", prepare_workers, 0)
         self.resolution, self.difficulty, self.center = resolution, difficulty, center
         self.val_frac, self.test_frac, self.prepare_workers = val_frac, test_frac, prepare_workers
         self.l_max = resolution * resolution

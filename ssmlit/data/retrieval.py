@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ssmlit.errors import check_bool
 from ssmlit.utils import atomic_write_text
 
 from .download import DataError, find_split_files, save_array
@@ -99,7 +100,7 @@ class AANDataModule(TokenDataModule):
 
     def __init__(self, l_max: int = 4000, strict_sizes: bool = False, **kwargs: Any) -> None:
         super().__init__(l_max=l_max, **kwargs)
-        self.strict_sizes = strict_sizes
+        self.strict_sizes = check_bool("strict_sizes", strict_sizes)
 
     def locate_raw(self) -> dict[str, Path] | None:
         return find_split_files(self.data_dir, SPLIT_FILES)

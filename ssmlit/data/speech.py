@@ -43,6 +43,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ssmlit.errors import check_bool, check_int
 from ssmlit.utils import atomic_write_bytes
 
 from .base import EvalVariant
@@ -176,6 +177,9 @@ class SpeechCommandsDataModule(PixelDataModule):
     def __init__(self, mfcc: bool = False, eval_8khz: bool = True, val_8khz: bool = False, prepare_workers: int = 0,
                  normalize: str = "global", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for name, flag in (("mfcc", mfcc), ("eval_8khz", eval_8khz), ("val_8khz", val_8khz)):
+            check_bool(name, flag)
+        check_int("prepare_workers", prepare_workers, 0)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown Speech Commands normalize {normalize!r}; choose one of {NORMALIZATIONS} "
                              "(global: one train mean/std; reference: S5/s4's per-time-step rule)")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ssmlit.errors import check_float
 from ssmlit.utils import atomic_write_text
 
 from .base import seeded_split
@@ -72,8 +73,7 @@ class IMDBDataModule(TokenDataModule):
 
     def __init__(self, l_max: int = 4096, min_freq: int = 15, val_frac: float = 0.0, **kwargs: Any) -> None:
         super().__init__(l_max=l_max, min_freq=min_freq, **kwargs)
-        if not 0 <= val_frac < 1:
-            raise ValueError(f"val_frac must lie in [0, 1), got {val_frac}")
+        check_float("val_frac", val_frac, 0, 1, high_open=True)
         self.val_frac = val_frac
 
     def locate_raw(self) -> Path | None:

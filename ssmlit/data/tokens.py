@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssmlit.errors import check_bool, check_int
+
 from .base import CachedDataModule, pad_collate
 from .download import LazyArray, open_array, save_array
 
@@ -218,12 +220,14 @@ class TokenDataModule(CachedDataModule):
     def __init__(self, l_max: int, min_freq: int = 1, append_bos: bool = False, append_eos: bool = True,
                  padding: str = "batch", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_int("l_max", l_max, 2)
+        check_int("min_freq", min_freq, 1)
+        check_bool("append_bos", append_bos)
+        check_bool("append_eos", append_eos)
         if padding not in PADDINGS:
             raise ValueError(f"unknown token padding {padding!r}; choose one of {PADDINGS} (batch: to the batch's "
                              "longest, masked in the model; reference: S5's, to l_max, seen by the SSMs)")
         self.padding = padding
-        if l_max < 2:
-            raise ValueError(f"l_max must be >= 2, got {l_max}")
         self.l_max, self.min_freq = l_max, min_freq
         self.append_bos, self.append_eos = append_bos, append_eos
         self.vocab: Vocab | None = None

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmlit.errors import check_bool, check_int
 from ssmlit.utils import atomic_write_bytes
 
 from .base import DiagonalSSM
@@ -83,8 +84,13 @@ class SequenceModel(nn.Module):
             raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(LAYERS)}")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        check_int("d_output", d_output, 1)
+        check_int("d_input", d_input, 1, allow_none=True)
+        check_int("vocab_size", vocab_size, 1, allow_none=True)
+        check_int("d_model", d_model, 1)
+        check_int("n_layers", n_layers, 1)
+        for name, flag in (("prenorm", prenorm), ("final_norm", final_norm), ("retrieval", retrieval)):
+            check_bool(name, flag)
         if not isinstance(mask_padding, bool):
             raise ValueError(f"mask_padding must be true or false, got {mask_padding!r}")
         per_layer = [dict(ssm or {})] * n_layers if ssm is None or isinstance(ssm, Mapping) \

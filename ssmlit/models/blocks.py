@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmlit.errors import check_bool, check_float
+
 from .base import DiagonalSSM
 from .hippo import lecun_normal_
 
@@ -97,6 +99,10 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
         if gelu_approximate not in ("tanh", "none"):
             raise ValueError(f"gelu_approximate must be 'tanh' or 'none', got {gelu_approximate!r}")
+        check_bool("prenorm", prenorm)
+        check_float("dropout", dropout, 0, 1, high_open=True)
+        check_float("bn_momentum", bn_momentum, 0, 1, low_open=True)
+        check_float("ln_eps", ln_eps, 0, low_open=True)
         H = ssm.d_model
         self.ssm, self.prenorm, self.activation = ssm, prenorm, activation
         self.gelu_approximate = gelu_approximate

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmlit.errors import check_bool, check_float, check_int
+
 from .base import DiagonalSSM, as_complex, check_real_dtype, complex_param
 from .discretize import DISCRETIZATIONS, discretize
 from .hippo import s4d_init
@@ -132,6 +134,14 @@ class S4D(DiagonalSSM):
         imag_init_min: float = 0.0,
     ) -> None:
         super().__init__()
+        check_int("d_model", d_model, 1)
+        check_int("d_state", d_state, 2)
+        if d_state % 2:
+            raise ValueError(f"d_state must be even (N/2 conjugate pairs per channel are stored), got {d_state}")
+        check_int("n_ssm", n_ssm, 1, allow_none=True)
+        check_bool("bidirectional", bidirectional)
+        check_bool("trainable_B", trainable_B)
+        check_float("step_rescale", step_rescale, 0, low_open=True)
         if discretization not in DISCRETIZATIONS:
             raise ValueError(f"unknown discretization {discretization!r}; choose one of {DISCRETIZATIONS}")
         if init not in S4D_INITS:
@@ -139,8 +149,10 @@ class S4D(DiagonalSSM):
         S = d_model if n_ssm is None else n_ssm
         if S <= 0 or d_model % S != 0:
             raise ValueError(f"n_ssm={n_ssm} must divide d_model={d_model}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_float("dt_min", dt_min, 0, low_open=True)
+        check_float("dt_max", dt_max, 0, low_open=True)
+        if not dt_min <= dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         if bidirectional_convention not in BIDIRECTIONAL_CONVENTIONS:
             raise ValueError(f"unknown bidirectional_convention {bidirectional_convention!r}; choose one of "
                              f"{BIDIRECTIONAL_CONVENTIONS} (s5: both directions include the current step; s4: "

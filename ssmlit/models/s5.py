@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmlit.errors import check_bool, check_float, check_int
+
 from .base import DiagonalSSM, as_complex, check_real_dtype, complex_param
 from .discretize import DISCRETIZATIONS, discretize
 from .hippo import block_diag_hippo_n, lecun_normal_
@@ -66,6 +68,19 @@ class S5(DiagonalSSM):
         chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         super().__init__()
+        check_int("d_model", d_model, 1)
+        check_int("d_state", d_state, 2)
+        if d_state % 2:
+            raise ValueError(f"d_state must be even (P = d_state/2 conjugate pairs are stored), got {d_state}")
+        check_int("blocks", blocks, 1)
+        if d_state % (2 * blocks):
+            raise ValueError(f"blocks={blocks} must split d_state={d_state} into equal blocks of even size "
+                             "(d_state % (2*blocks) == 0)")
+        check_bool("bidirectional", bidirectional)
+        check_bool("clip_eigs", clip_eigs)
+        check_float("step_rescale", step_rescale, 0, low_open=True)
+        # The chunked scan needs T >= 2 to shrink its recursion; smaller values used to be raised silently.
+        check_int("chunk_size", chunk_size, 2)
         if discretization not in DISCRETIZATIONS:
             raise ValueError(f"unknown discretization {discretization!r}; choose one of {DISCRETIZATIONS}")
         if C_init not in C_INITS:
@@ -75,10 +90,10 @@ class S5(DiagonalSSM):
         if scan == "triton" and not triton_available():
             raise ValueError("scan='triton' needs the triton package (pip install triton); "
                              "scan='auto' uses it when present")
-        if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_float("dt_min", dt_min, 0, low_open=True)
+        check_float("dt_max", dt_max, 0, low_open=True)
+        if not dt_min <= dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_model, self.d_state, self.blocks = d_model, d_state, blocks
         self.bidirectional, self.discretization, self.C_init = bidirectional, discretization, C_init
         self.dt_min, self.dt_max, self.clip_eigs = dt_min, dt_max, clip_eigs

@@ -157,6 +157,11 @@ class StatePruningCallback(Callback):
             raise ValueError(f"unknown bidirectional mode {bidirectional!r}; choose one of {BIDIRECTIONAL_MODES}")
         if isinstance(min_states, bool) or not isinstance(min_states, int) or min_states < 1:
             raise ValueError(f"min_states must be an integer >= 1, got {min_states!r}")
+        for name, seq in (("epochs", epochs), ("ratios", ratios)):
+            if seq is not None and (isinstance(seq, str) or not hasattr(seq, "__iter__")):
+                raise ValueError(f"{name} must be a list, e.g. [5, 10], or null; got {seq!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.keep_states = check_keep_states(keep_states)
         if self.keep_states is not None and ratio is not None:
             raise ValueError(f"give either ratio ({ratio!r}) or keep_states ({keep_states}), not both")
@@ -173,6 +178,9 @@ class StatePruningCallback(Callback):
             ratio = 0.0
         elif ratio is None:
             ratio = 1.0 if self.keep_states is not None else DEFAULT_RATIO  # keep_states: resolved in setup()
+        elif isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must be a number in [0, 1] (the fraction of states removed), null, or a "
+                             f"function of the epoch; got {ratio!r}")
         for name, flag in (("compact_at_end", compact_at_end), ("reset_best_checkpoint", reset_best_checkpoint),
                            ("plots", plots)):
             if not isinstance(flag, bool):
@@ -224,8 +232,13 @@ class StatePruningCallback(Callback):
         return self._generate_state_key(method=self.method, schedule=self.schedule.kind)
 
     # -- validation before training --------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        layers = prunable_layers(pl_module)
+    def check_run(self, module: torch.nn.Module, max_epochs: int | None, rebuild_schedule: bool = True) -> None:
+        """Resolve what depends on the model and the run (the selected layers, their original sizes,
+        ``keep_states`` as a ratio, the schedule for ``max_epochs``), raising ``ValueError`` if this
+        callback cannot work on ``module`` (pruning epochs beyond the run, ``min_states`` above a
+        layer's size, ``exact_pair`` on a bidirectional model, ...). The config-validation phase calls
+        it before any data is prepared; :meth:`setup` calls it again."""
+        layers = prunable_layers(module)
         if self.totals is None:
             # setup runs before a resumed checkpoint is restored, so these are the original sizes
             self.totals = {k: layer.n_states for k, layer in layers.items()}
@@ -234,11 +247,17 @@ class StatePruningCallback(Callback):
         if self.keep_states is not None:
             self.ratio = keep_states_ratio(self.keep_states, self.totals, self.selected, self.min_states)
         if self.exact_pair and any(getattr(layer, "bidirectional", False) for layer in layers.values()):
-            raise ValueError("prune.exact_pair=true supports unidirectional layers only; this model is bidirectional")
+            raise ValueError("exact_pair=true supports unidirectional layers only; this model is bidirectional")
+        if rebuild_schedule:
+            self.schedule = self._build_schedule(self.schedule.kind, max_epochs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.schedule = self._build_schedule(self.schedule.kind, trainer.max_epochs)
+            self.check_run(pl_module, trainer.max_epochs)
             if self.compact:
                 check_compactable_strategy(trainer.strategy)
+        else:  # validate/test (e.g. after fit) or a direct prune(): the schedule stays as fit built it
+            self.check_run(pl_module, None, rebuild_schedule=False)
 
     # -- checkpointed schedule position ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

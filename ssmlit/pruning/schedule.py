@@ -44,10 +44,10 @@ def _check_epoch(name: str, e: int, max_epochs: int | None) -> int:
 
 
 def _check_ratio(name: str, r: float) -> float:
-    r = float(r)
-    if not 0.0 <= r <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] (the fraction of states removed), got {r!r}")
-    return r
+    ok = isinstance(r, int | float) and not isinstance(r, bool)
+    if not ok or not 0.0 <= r <= 1.0:  # NaN fails the range test too
+        raise ValueError(f"{name} must be a number in [0, 1] (the fraction of states removed), got {r!r}")
+    return float(r)
 
 
 def pruning_schedule(

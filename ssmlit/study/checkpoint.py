@@ -26,7 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ssmlit.errors import ConfigError, UserError
 from ssmlit.pruning import compact_model
+from ssmlit.registry import check_targets
 from ssmlit.training.module import SequenceClassifier
 from ssmlit.utils import atomic_write_bytes
 
@@ -34,7 +36,7 @@ CONFIG_KEY = "ssmlit_train_config"  # training config embedded in exported check
 COMPACTION_KEY = "ssmlit_compaction"
 
 
-class SweepInputError(ValueError):
+class SweepInputError(UserError, ValueError):
     """Bad input to the compression study (checkpoint, config or sweep options)."""
 
 
@@ -155,6 +157,12 @@ def find_train_config(
 def _check_train_config(cfg: DictConfig, where: str) -> None:
     if "task" not in cfg or "_target_" not in cfg.task:
         raise SweepInputError(f"{where} is not a training config: it has no task._target_ to rebuild the data from")
+    # The config may come from an untrusted file: its task must be one of ssmlit's data modules
+    # before anything of it is instantiated (ssmlit.registry).
+    try:
+        check_targets(cfg.task, "task", where=where)
+    except ConfigError as e:
+        raise SweepInputError(f"{where}: {e}") from None
 
 
 def load_run(ckpt: str | Path, train_config: str | None = None) -> LoadedRun:

@@ -39,6 +39,7 @@ from typing import Any
 
 from torch import nn
 
+from ssmlit.errors import check_float
 from ssmlit.models.base import DiagonalSSM
 
 OPT_CONFIGS = ("standard", "BandCdecay", "BfastandCdecay", "noBCdecay")
@@ -154,20 +155,25 @@ def check_optim(optim: Mapping[str, Any]) -> None:
                 or v < 0 or (positive and v == 0):
             bound = "> 0" if positive else ">= 0"
             extra = " or null" if allow_none else ""
-            raise ValueError(f"optim.{key} must be a number {bound}{extra}, got {v!r}")
+            raise ValueError(f"{key} must be a number {bound}{extra}, got {v!r}")
 
     for key in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "min_lr_ratio"):
         number(key)
     number("c_lr", allow_none=True)
     if optim["opt_config"] not in OPT_CONFIGS:
-        raise ValueError(f"optim.opt_config must be one of {OPT_CONFIGS}, got {optim['opt_config']!r}")
+        raise ValueError(f"opt_config must be one of {OPT_CONFIGS}, got {optim['opt_config']!r}")
     if optim["schedule"] not in SCHEDULES:
-        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim['schedule']!r}")
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {optim['schedule']!r}")
     for key in ("dt_global", "dt_decay", "decay_norm_bias"):
         if not isinstance(optim[key], bool):
-            raise ValueError(f"optim.{key} must be true or false, got {optim[key]!r}")
+            raise ValueError(f"{key} must be true or false, got {optim[key]!r}")
     if not optim["dt_decay"] and not optim["dt_global"]:
-        raise ValueError("optim.dt_decay=false only applies with optim.dt_global=true (Δ at the global lr "
+        raise ValueError("dt_decay=false only applies with optim.dt_global=true (Δ at the global lr "
                          "without weight decay); with dt_global=false Δ is in the SSM group, never decayed")
     if optim["min_lr_ratio"] > 1:
-        raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {optim['min_lr_ratio']!r}")
+        raise ValueError(f"min_lr_ratio must lie in [0, 1], got {optim['min_lr_ratio']!r}")
+    betas = optim["betas"]
+    if isinstance(betas, str) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    for b in betas:
+        check_float("betas", b, 0, 1, high_open=True)
