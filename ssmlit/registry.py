@@ -24,17 +24,18 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ssmlit.data import _LAZY as _DATA_MODULES
 from ssmlit.errors import ConfigError
 
-_TASKS = {
-    "DigitsDataModule": "digits", "MNISTDataModule": "images", "CIFARDataModule": "images",
-    "ListOpsDataModule": "listops", "IMDBDataModule": "text", "AANDataModule": "retrieval",
-    "PathfinderDataModule": "pathfinder", "SpeechCommandsDataModule": "speech",
-}
+# Every task of ssmlit.data (its lazily imported task modules and the embedded digits), so a new
+# data module is allowed as soon as ssmlit.data lists it.
+_TASKS = {"DigitsDataModule": "digits"} | _DATA_MODULES
 
 _ALLOWED: dict[str, set[str]] = {
     "task": {f"ssmlit.data.{m}.{c}" for c, m in _TASKS.items()} | {f"ssmlit.data.{c}" for c in _TASKS},
-    "prune": {"ssmlit.pruning.StatePruningCallback", "ssmlit.pruning.callback.StatePruningCallback"},
+    # the callback, and the ratio functions of the epoch it accepts (prune.ratio={_target_: ..., _partial_: true})
+    "prune": {"ssmlit.pruning.StatePruningCallback", "ssmlit.pruning.callback.StatePruningCallback",
+              "ssmlit.pruning.options.linear_ratio"},
     "logger": {f"lightning.pytorch.loggers.{c}" for c in ("TensorBoardLogger", "CSVLogger")}
     | {"lightning.pytorch.loggers.tensorboard.TensorBoardLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger"},
 }

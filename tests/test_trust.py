@@ -224,3 +224,21 @@ def test_register_target_extends_one_group_only():
         from ssmlit.registry import _ALLOWED
 
         _ALLOWED["task"].discard("tests.MyTask")
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")))
+def test_every_shipped_task_config_passes_validation(task, tmp_path):
+    # The allow-list must cover every task ssmlit ships (a task missing from it is refused as untrusted).
+    extra = {"digits": [], "ucr": [f"task.train_file={tmp_path}/x_TRAIN.ts", f"task.test_file={tmp_path}/x_TEST.ts"]}
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"task={task}", "+prune=last",
+                                           *extra.get(task, [f"task.data_dir={tmp_path}"])])
+    validate_config(cfg)
+
+
+def test_a_ratio_function_target_of_the_docs_passes_validation():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+prune=last", "prune.ratio={_target_: ssmlit.pruning.options.linear_ratio, _partial_: true, "
+            "final: 0.5, start_epoch: 1, end_epoch: 4}"])
+    validate_config(cfg)

@@ -193,9 +193,9 @@ class StatePruningCallback(Callback):
                              f"got {verbose!r}")
         self.include, self.exclude = parse_layer_patterns(layers)
         if horizon != "auto":
-            check_horizon(horizon, "prune.horizon")
+            check_horizon(horizon, "horizon")
         check_score_options(method, convention, None, exact_pair, min_states)
-        check_calibration_batches(calibration_batches, "prune.calibration_batches")
+        check_calibration_batches(calibration_batches, "calibration_batches")
         self.convention, self.horizon, self.exact_pair = convention, horizon, exact_pair
         self.calibration_batches = calibration_batches
         self.method, self.ratio, self.min_states, self.seed = method, float(ratio), min_states, seed

@@ -37,6 +37,7 @@ from ssmlit.registry import allowed_targets, check_targets, instantiate_checked,
 TOP_LEVEL_KEYS = ("task", "model", "trainer", "logger", "optim", "checkpoint", "prune", "seed", "matmul_precision",
                   "resume")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+PLACEHOLDER_CLASSES = 2  # tasks that learn their classes from the data (a generic .ts archive)
 TOKEN_PLACEHOLDER_VOCAB = 2  # token tasks learn their vocabulary in prepare_data; any size checks the rest
 
 
@@ -244,11 +245,13 @@ def _trainer_object(trainer_cfg: dict[str, Any]) -> None:
 
 
 def task_model_kwargs(dm: Any) -> dict[str, Any]:
-    """The model arguments a task fixes, with a placeholder vocabulary when it is not known yet."""
+    """The model arguments a task fixes, with placeholders for what only its data tells (a token
+    vocabulary, or the channels and classes of a generic UCR/UEA archive)."""
     d_input, vocab = dm.d_input, dm.vocab_size
     if d_input is None and vocab is None:
         vocab = TOKEN_PLACEHOLDER_VOCAB
-    return dict(d_input=d_input, vocab_size=vocab, d_output=dm.num_classes, retrieval=dm.retrieval)
+    n_classes = getattr(dm, "num_classes", None) or PLACEHOLDER_CLASSES
+    return dict(d_input=d_input, vocab_size=vocab, d_output=n_classes, retrieval=dm.retrieval)
 
 
 def _model_and_optim(cfg: DictConfig, dm: Any) -> Any:
