@@ -196,3 +196,27 @@ def test_plaid_from_the_installed_sktime(tmp_path):
     with pytest.raises(ValueError, match="train_file is not an option"):
         PLAIDDataModule(train_file="x.ts")
     assert np.isfinite(dm.test_set.x.numpy()).all()
+
+
+def test_length_buckets_follow_the_epoch_lightning_sets():
+    # A resumed run must draw the same batches as an uninterrupted one: the batches depend only on
+    # (seed, epoch), which Lightning sets through the loader's sampler before every epoch.
+    from torch.utils.data import DataLoader
+
+    from ssmlit.data.ucr import LengthBuckets
+
+    lengths = torch.randint(10, 200, (53,))
+    sampler = LengthBuckets(lengths, 8, seed=3)
+    loader = DataLoader(torch.arange(53), sampler=sampler, batch_size=8)
+    drawn = {}
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        drawn[epoch] = [b.tolist() for b in loader]
+    assert drawn[0] != drawn[1] != drawn[2]
+    fresh = LengthBuckets(lengths, 8, seed=3)
+    fresh.set_epoch(2)
+    assert [b.tolist() for b in DataLoader(torch.arange(53), sampler=fresh, batch_size=8)] == drawn[2]
+    for batches in drawn.values():  # every case once per epoch
+        assert sorted(i for b in batches for i in b) == list(range(53))
+    sampler.set_epoch(1)
+    assert drawn[1] == sampler.batches()

@@ -215,21 +215,30 @@ class PaddedSeries(Dataset):
         return self.x[i, : int(self.lengths[i])], int(self.y[i])
 
 
-class LengthBuckets(Sampler[list[int]]):
+class LengthBuckets(Sampler[int]):
     """Training batches of similar lengths: each epoch the cases are shuffled (seed + epoch), cut into
     pools of ``pool`` batches, sorted by length inside a pool, batched, and the batches shuffled.
-    Padding to the batch's longest case then costs little on tasks with lengths 100–1,344."""
+    Padding to the batch's longest case then costs little on tasks with lengths 100–1,344.
+
+    It is a sampler of indices whose consecutive groups of ``batch_size`` are those batches (the one
+    partial batch comes last), used with ``DataLoader(sampler=..., batch_size=...)``: Lightning then
+    calls :meth:`set_epoch` before every training epoch, so a resumed run draws the same batches as
+    an uninterrupted one.
+    """
 
     def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int = 0, pool: int = 8) -> None:
         self.lengths, self.batch_size, self.seed, self.pool = lengths, int(batch_size), int(seed), int(pool)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return len(self.lengths)
 
-    def __iter__(self):
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, in the order they are drawn."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         order = torch.randperm(len(self.lengths), generator=g)
         span = self.batch_size * self.pool
         batches = []
@@ -237,8 +246,12 @@ class LengthBuckets(Sampler[list[int]]):
             chunk = order[s: s + span]
             chunk = chunk[torch.sort(self.lengths[chunk], stable=True).indices]
             batches += [chunk[i: i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        for i in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[i]
+        full = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return [b for b in full if len(b) == self.batch_size] + [b for b in full if len(b) < self.batch_size]
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
 
 
 class UCRDataModule(CachedDataModule):
@@ -367,8 +380,8 @@ class UCRDataModule(CachedDataModule):
         trainer = getattr(self, "trainer", None)
         if not self.bucket or (trainer is not None and trainer.world_size > 1):
             return super().train_dataloader()
-        return DataLoader(self.train_set, batch_sampler=LengthBuckets(self.train_set.lengths, self.batch_size,
-                                                                      self.seed), num_workers=self.num_workers,
+        return DataLoader(self.train_set, sampler=LengthBuckets(self.train_set.lengths, self.batch_size, self.seed),
+                          batch_size=self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available())
 
