@@ -6,8 +6,16 @@ Per stored state i of a layer, from its ``discretized_system()``:
 - H∞ (LAST Eq. 6): ‖C_i‖²‖B̄_i‖² / (1 − |λ̄_i|)²
 - H2² / AIRE energy: ‖C_i‖²‖B̄_i‖² / (1 − |λ̄_i|²)
 - magnitude (LAST App. D.2): |λ̄_i|·‖B̄_i‖·‖C_i‖, and LAMP's square of it
+- finite-horizon peak gain (issue 11 §2), squared: ‖C_i‖²‖B̄_i‖²(Σ_{k<L} |λ̄_i|^k)², i.e.
+  ‖C_i‖²‖B̄_i‖²((1 − |λ̄_i|^L)/(1 − |λ̄_i|))², summed here term by term
+- finite-horizon energy: ‖C_i‖²‖B̄_i‖² Σ_{k<L} |λ̄_i|^{2k} = ‖C_i‖²‖B̄_i‖²(1 − |λ̄_i|^{2L})/(1 − |λ̄_i|²)
+- measured energy (``data_energy``): the calibration energies as given, only normalized
 - energy normalization (LAST Eq. 9): s_(i) / Σ_{j≤i} s_(j) over the layer's active states sorted in
   descending order (ties: lower index first); infinite scores score 1 and stay out of the sums.
+
+The common factor 2 of a conjugate pair (output 2·Re) is dropped from every formula (it changes no
+ranking); bidirectional layers combine ‖C^f_i‖² and ‖C^b_i‖² by the README's rule (``c_factor``),
+for the horizon scores exactly as for Eq. 6 and AIRE.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ METHOD_FORMULAS: dict[str, tuple[str, bool, str]] = {
     "uniform_magnitude": ("magnitude", False, "uniform"),
     "lamp": ("magnitude_sq", True, "global"),
     "random": ("random", False, "global"),
+    "last_horizon": ("hinf_horizon", True, "global"),
+    "aire_horizon": ("h2_horizon", True, "global"),
+    "data_energy": ("measured", True, "global"),
 }
+# Kinds whose formula needs a horizon L, and the one whose scores are measured (calibration=).
+HORIZON_KINDS = ("hinf_horizon", "h2_horizon")
+MEASURED_KIND = "measured"
 
 
 def modal_norms(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,10 +65,25 @@ def c_factor(C_sq: np.ndarray, rule: str) -> np.ndarray:
             "bound": (np.sqrt(f) + np.sqrt(b)) ** 2}[rule]
 
 
-def raw_scores(kind: str, lam_abs: np.ndarray, B_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """The un-normalized per-state score; unstable poles (|λ̄| ≥ 1) get +inf for H∞ and H2."""
+def geometric_terms_sum(rho: np.ndarray, L: int) -> np.ndarray:
+    """Σ_{k<L} ρ^k per entry, summed term by term in float64 (every term ≤ 1, no cancellation)."""
+    k = np.arange(L, dtype=np.float64)
+    return np.array([float(np.sum(r ** k)) for r in rho])
+
+
+def raw_scores(kind: str, lam_abs: np.ndarray, B_sq: np.ndarray, c: np.ndarray,
+               horizon: int | None = None) -> np.ndarray:
+    """The un-normalized per-state score; unstable poles (|λ̄| ≥ 1) get +inf for H∞ and H2, also on a
+    finite horizon (README: unstable poles are never pruned)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        if kind == "hinf":
+        if kind in HORIZON_KINDS:
+            if horizon is None:  # L = ∞: the infinite sums, Eq. 6 and AIRE
+                return raw_scores(kind.removesuffix("_horizon"), lam_abs, B_sq, c)
+            if kind == "hinf_horizon":
+                s = c * B_sq * geometric_terms_sum(lam_abs, horizon) ** 2
+            else:
+                s = c * B_sq * geometric_terms_sum(lam_abs**2, horizon)
+        elif kind == "hinf":
             s = c * B_sq / (1 - lam_abs) ** 2
         elif kind == "h2":
             s = c * B_sq / (1 - lam_abs**2)
@@ -81,12 +110,23 @@ def normalized(scores: np.ndarray, active: np.ndarray) -> np.ndarray:
     return out
 
 
-def reference_scores(layer, method: str, rule: str = "paper") -> np.ndarray:
-    """What ``state_scores`` must return for one layer (deterministic methods only)."""
+def reference_scores(layer, method: str, rule: str = "paper", horizon: int | None = None,
+                     energies: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """What ``state_scores`` must return for one layer (deterministic methods only).
+
+    ``horizon``: L of the horizon methods (None: infinite). ``energies``: float64 [n], the layer's
+    calibration energies, required by the measured method (which ignores ``rule``: a bidirectional
+    layer's energies already hold both directions).
+    """
     kind, norm, _ = METHOD_FORMULAS[method]
-    lam_abs, B_sq, C_sq = modal_norms(layer)
-    s = raw_scores(kind, lam_abs, B_sq, c_factor(C_sq, rule))
     active = layer.state_mask.numpy()
+    if kind == MEASURED_KIND:
+        if energies is None:
+            raise AssertionError(f"{method} needs the layer's calibration energies")
+        s = np.asarray(energies, dtype=np.float64)
+        return normalized(s, active) if norm else np.where(active, s, -np.inf)
+    lam_abs, B_sq, C_sq = modal_norms(layer)
+    s = raw_scores(kind, lam_abs, B_sq, c_factor(C_sq, rule), horizon)
     return normalized(s, active) if norm else np.where(active, s, -np.inf)
 
 

@@ -111,3 +111,56 @@ def test_data_energy_method_ranks_by_measured_energy():
 def test_bad_calibration_batch_counts(bad):
     with pytest.raises(ValueError, match="calibration_batches"):
         check_calibration_batches(bad)
+
+
+class Rated(Bare):
+    """``Bare`` that runs its layer at a fixed Δ multiplier, passed positionally as a caller would."""
+
+    def __init__(self, layer, rate):
+        super().__init__(layer)
+        self.rate = rate
+
+    def forward(self, x, lengths=None):
+        return super().forward(x, lengths, self.rate)
+
+
+@pytest.mark.parametrize("how", ["layer attribute", "call argument"])
+def test_energies_are_measured_at_the_rate_the_layer_runs(how):
+    # data_energy's scores take no step_rescale: the rate acts through the forward passes, so the
+    # energies must be those of the system discretized at the rate the layer actually ran at.
+    torch.manual_seed(3)
+    layer = S5(3, 8, blocks=2, bidirectional=True).eval()
+    x, lengths = torch.randn(2, 9, 3), torch.tensor([9, 6])
+    batch = [(x, torch.zeros(2, dtype=torch.long), lengths)]
+    at_one = calibrate(Bare(layer), batch)["ssm"]
+    if how == "layer attribute":
+        layer.step_rescale = 2.5
+        got = calibrate(Bare(layer), batch)["ssm"]
+    else:
+        got = calibrate(Rated(layer, 2.5), batch)["ssm"]
+        layer.step_rescale = 2.5  # only for the reference's discretized_system()
+    want = _reference_energies(layer, x, lengths)
+    assert torch.allclose(got, want, rtol=2e-5, atol=1e-9 * float(want.max()))
+    assert not torch.allclose(got, at_one, rtol=1e-2)
+
+
+def test_an_overflowing_unstable_state_measures_infinite_energy():
+    # |λ̄| > 1 makes one trajectory overflow float32 on a long input; its moments then hold
+    # inf − inf = NaN. A NaN energy would make every Eq. 9 prefix sum of the layer NaN (all its
+    # scores 0); the state has unbounded energy, so it must measure +inf (never pruned, as the
+    # computed scores treat unstable poles), and the other states keep their own energies.
+    torch.manual_seed(0)
+    layer = S5(4, 16, blocks=2, bidirectional=True).eval()
+    x, lengths = torch.randn(2, 300, 4), torch.tensor([300, 300])
+    batch = [(x, torch.zeros(2, dtype=torch.long), lengths)]
+    stable = calibrate(Bare(layer), batch)["ssm"]
+    with torch.no_grad():
+        layer.Lambda_re[2] = 30.0
+        layer.log_step[2] = math.log(0.1)  # |λ̄| = e³: float32 overflows within ~30 steps
+    with pytest.warns(RuntimeWarning, match="unstable"):
+        got = calibrate(Bare(layer), batch)["ssm"]
+    assert got[2] == math.inf
+    others = torch.arange(layer.n_states) != 2
+    assert torch.equal(got[others], stable[others])
+    scores = state_scores(Bare(layer), "data_energy", calibration={"ssm": got})["ssm"]
+    assert scores[2] == 1.0 and scores[others].max() == 1.0 and (scores[others] > 0).all()

@@ -1,16 +1,22 @@
 """The exact H∞ of each conjugate pair's real subsystem against dense, zoomed frequency sweeps of the
 full H×H transfer matrix, on S4D (near-real poles) and S5 models."""
 
+import functools
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ssmlit.models import S4D, S5, SequenceModel
 from ssmlit.pruning import plan_pruning, prunable_layers, state_scores
 from ssmlit.pruning.pair import pair_hinf_score, pair_peak_gain_sq
 from ssmlit.pruning.plan import layer_quantities
 from ssmlit.pruning.scores import hinf_score
+
+from reference_scores import METHOD_FORMULAS, normalized, reference_selection
+from trained import perturb_like_trained
 
 
 def _sigma(w: complex, M: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -111,3 +117,47 @@ def test_exact_pair_option_in_plans():
     bi = SequenceModel(d_output=3, d_input=1, d_model=4, n_layers=1, ssm=dict(d_state=8, bidirectional=True))
     with pytest.raises(ValueError, match="unidirectional"):
         plan_pruning(bi, "last", 0.5, exact_pair=True)
+
+
+def _trained_like_pair_model() -> nn.ModuleList:
+    """Trained-like S4D (near-real poles from init="lin") and S5, two states of each layer masked."""
+    torch.manual_seed(1)
+    model = perturb_like_trained(nn.ModuleList([S4D(2, 8, n_ssm=2, init="lin"), S5(2, 12, blocks=2)]), seed=2)
+    for layer in model:
+        layer.state_mask[[1, 3]] = False
+    return model
+
+
+@functools.cache
+def _swept_peaks(rescale) -> dict[str, np.ndarray]:
+    """Swept pair peak gains² of every state of ``_trained_like_pair_model()`` (shared by the methods)."""
+    out = {}
+    for name, layer in prunable_layers(_trained_like_pair_model()).items():
+        lam, B, C = layer.discretized_system(torch.complex128, step_rescale=rescale)
+        out[name] = np.array([_swept_peak_sq(complex(lam[i]), torch.outer(C[0][:, i], B[i]))
+                              for i in range(lam.numel())])
+    return out
+
+
+@pytest.mark.parametrize("rescale", [None, 2.5])
+@pytest.mark.parametrize("method", ["last", "global_hinf", "uniform_hinf"])
+def test_exact_pair_scores_and_selection_by_value(method, rescale):
+    # Through state_scores/plan_pruning, exact_pair=True ranks the swept pair peak gains: normalized
+    # (Eq. 9) for last, raw for the others, −inf for masked states, at the requested Δ multiplier;
+    # and the plan keeps their exact top-K.
+    model = _trained_like_pair_model()
+    _, normalize, scope = METHOD_FORMULAS[method]
+    got = state_scores(model, method, exact_pair=True, step_rescale=rescale)
+    plan = plan_pruning(model, method, 0.5, exact_pair=True, step_rescale=rescale)
+    ref, active = {}, {}
+    for name, layer in prunable_layers(model).items():
+        peak, a = _swept_peaks(rescale)[name], layer.state_mask.numpy()
+        want = normalized(peak, a) if normalize else np.where(a, peak, -np.inf)
+        # the sweep is good to ~1e-9 here (see test_exact_pair_hinf_equals_a_dense_frequency_sweep)
+        np.testing.assert_allclose(got[name].numpy(), want, rtol=1e-7, atol=0, err_msg=name)
+        assert torch.equal(plan.scores[name], got[name])
+        ref[name], active[name] = torch.from_numpy(want), layer.state_mask.clone()
+    kept = {k: set(m.nonzero().squeeze(1).tolist()) for k, m in plan.masks.items()}
+    assert kept == reference_selection(ref, active, scope, 0.5, 1)
+    # the pair scores differ from Eq. 6 (else this would not test the option)
+    assert any(not torch.allclose(got[k], state_scores(model, method, step_rescale=rescale)[k]) for k in got)

@@ -2,7 +2,9 @@
 
 Scores are compared with their formulas computed here from ``discretized_system()``
 (``reference_scores``), selections with an independent top-K (``reference_selection``), on
-trained-like layers (``trained.perturb_like_trained``) that are partly pruned already.
+trained-like layers (``trained.perturb_like_trained``) that are partly pruned already. Each method
+gets the options it scores with (``_options``): the horizon methods a finite horizon, the measured
+one synthetic calibration energies, so every rule runs over every registered method.
 """
 
 import copy
@@ -17,12 +19,55 @@ from ssmlit.models import S4D, S5
 from ssmlit.pruning import METHODS, apply_pruning, plan_pruning, state_scores
 from ssmlit.pruning.schedule import pruning_schedule
 
-from reference_scores import METHOD_FORMULAS, pruned_count, reference_scores, reference_selection
+from reference_scores import (
+    HORIZON_KINDS,
+    MEASURED_KIND,
+    METHOD_FORMULAS,
+    modal_norms,
+    pruned_count,
+    raw_scores,
+    reference_scores,
+    reference_selection,
+)
 from trained import perturb_like_trained, slow_mode_
 
 ALL = sorted(METHODS)
 DETERMINISTIC = [m for m in ALL if not METHODS[m].stochastic]
 RULES = ("paper", "code", "bound")
+# The horizon methods' L: far below the slow pole's time constant (1 − |λ̄| ≈ 1e-8) and comparable
+# to the others' (1 − |λ̄| ~ 1e-3 … 1e-1), so the truncation changes every score and the ranking.
+HORIZON = 16
+
+
+def _energies(model, seed=0) -> dict[str, torch.Tensor]:
+    """Deterministic synthetic calibration energies, float64 [n] per layer: each state's white-noise
+    output energy ‖C_i‖²‖B̄_i‖²/(1 − |λ̄_i|²) (what a measurement grows with) times a seeded factor
+    e^{ε}, ε ~ N(0, 1), so they follow the parameters as re-measured energies would after training
+    but rank differently from AIRE. The first layer has an exact tie (state 2 equals state 0)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for li, (name, layer) in enumerate(_named(model).items()):
+        lam_abs, B_sq, C_sq = modal_norms(layer)
+        e = raw_scores("h2", lam_abs, B_sq, C_sq.mean(0)) * np.exp(rng.standard_normal(lam_abs.size))
+        if li == 0:
+            e[2] = e[0]
+        out[name] = torch.from_numpy(e)
+    return out
+
+
+def _options(method, model, seed=0) -> dict:
+    """The keyword arguments ``state_scores`` / ``plan_pruning`` need for ``method`` on ``model``."""
+    kind = METHOD_FORMULAS[method][0]
+    if kind in HORIZON_KINDS:
+        return {"horizon": HORIZON}
+    if kind == MEASURED_KIND:
+        return {"calibration": _energies(model, seed)}
+    return {}
+
+
+def _reference(layer, name, method, options, rule="paper") -> np.ndarray:
+    energies = options.get("calibration", {}).get(name)
+    return reference_scores(layer, method, rule, horizon=options.get("horizon"), energies=energies)
 
 
 def _value_model(seed=0) -> nn.ModuleList:
@@ -66,8 +111,10 @@ def _pre_prune(model, seed=1, frac=0.3) -> None:
 def test_registry_is_the_documented_table():
     assert set(METHODS) == set(METHOD_FORMULAS), (
         "a registered method has no independent formula in tests/reference_scores.py (or one was removed)")
-    for name, (_, norm, scope) in METHOD_FORMULAS.items():
+    for name, (kind, norm, scope) in METHOD_FORMULAS.items():
         assert (METHODS[name].normalize, METHODS[name].scope) == (norm, scope), name
+        # the flags that route horizon= and calibration= to the score
+        assert (METHODS[name].horizon, METHODS[name].data) == (kind in HORIZON_KINDS, kind == MEASURED_KIND), name
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "partly-pruned"])
@@ -77,27 +124,55 @@ def test_scores_equal_their_formula(method, rule, masked):
     model = _value_model()
     if masked:
         _pre_prune(model)
-    got = state_scores(model, method, bidirectional=rule)
+    opts = _options(method, model)
+    got = state_scores(model, method, bidirectional=rule, **opts)
     # rtol 1e-6: the slow pole's 1 − |λ̄| ≈ 1e-8 is computed naively here, to ~1e-8 relative.
-    plan_scores = plan_pruning(model, method, 0.5, bidirectional=rule).scores
+    plan_scores = plan_pruning(model, method, 0.5, bidirectional=rule, **opts).scores
     for name, layer in _named(model).items():
-        ref = reference_scores(layer, method, rule)
+        ref = _reference(layer, name, method, opts, rule)
         assert got[name].dtype == torch.float64
         np.testing.assert_allclose(got[name].numpy(), ref, rtol=1e-6, atol=0, err_msg=f"{method} {name}")
         assert torch.equal(plan_scores[name], got[name])  # the plan ranks exactly these
+    if "horizon" in opts:  # the finite horizon really changes the scores (else this test proves little)
+        infinite = state_scores(model, method, bidirectional=rule)
+        assert all(not np.allclose(got[k].numpy(), infinite[k].numpy(), rtol=1e-3) for k in got)
 
 
-@pytest.mark.parametrize("method", DETERMINISTIC)
+# data_energy is left out: its scores are energies measured by forward passes, so the Δ multiplier
+# acts when they are measured (tests/test_calibration.py checks calibrate at a changed rate), not when
+# they are ranked; test_measured_scores_ignore_step_rescale_and_rule checks what applies to ranking.
+RESCALABLE = [m for m in DETERMINISTIC if METHOD_FORMULAS[m][0] != MEASURED_KIND]
+
+
+@pytest.mark.parametrize("method", RESCALABLE)
 def test_scores_use_the_requested_step_rescale(method):
     model = _value_model()
-    got = state_scores(model, method, step_rescale=2.5)
+    opts = _options(method, model)
+    got = state_scores(model, method, step_rescale=2.5, **opts)
     rescaled = copy.deepcopy(model)
     for layer in _named(rescaled).values():
         layer.step_rescale = 2.5
     for name, layer in _named(rescaled).items():
-        np.testing.assert_allclose(got[name].numpy(), reference_scores(layer, method), rtol=1e-6, atol=0)
-    default = state_scores(model, method)
+        np.testing.assert_allclose(got[name].numpy(), _reference(layer, name, method, opts), rtol=1e-6, atol=0)
+    default = state_scores(model, method, **opts)
     assert any(not torch.allclose(default[k], got[k]) for k in got)
+
+
+@pytest.mark.parametrize("method", [m for m in DETERMINISTIC if METHOD_FORMULAS[m][0] == MEASURED_KIND])
+def test_measured_scores_ignore_step_rescale_and_rule(method):
+    # Given energies are ranked as they are: a Δ multiplier or a bidirectional rule cannot rescore
+    # a measurement (both directions are already in a bidirectional layer's energy).
+    model = _value_model()
+    _pre_prune(model)
+    opts = _options(method, model, seed=3)
+    base = state_scores(model, method, **opts)
+    for kwargs in (dict(step_rescale=2.5), dict(bidirectional="bound"), dict(bidirectional="code")):
+        assert all(torch.equal(state_scores(model, method, **kwargs, **opts)[k], base[k]) for k in base), kwargs
+    for name, layer in _named(model).items():
+        np.testing.assert_allclose(base[name].numpy(), _reference(layer, name, method, opts), rtol=1e-12, atol=0)
+    # the energies, not the parameters, decide: other energies on the same model, other scores
+    other = state_scores(model, method, calibration=_energies(model, seed=4))
+    assert all(not torch.equal(other[k], base[k]) for k in base)
 
 
 def test_random_scores_are_the_seeded_uniform_stream():
@@ -121,8 +196,9 @@ def test_selection_is_the_exact_top_k_of_its_scope(method, min_states):
     model = _half_model()
     scope = METHOD_FORMULAS[method][2]
     active = _active(model)
+    opts = _options(method, model)
     for r in (0.0, 0.25, 0.45, 0.5, 0.7, 0.9, 1.0):
-        plan = plan_pruning(model, method, r, min_states=min_states, seed=3)
+        plan = plan_pruning(model, method, r, min_states=min_states, seed=3, **opts)
         assert _kept_sets(plan) == reference_selection(plan.scores, active, scope, r, min_states), r
         assert plan.kept == {k: int(m.sum()) for k, m in plan.masks.items()}
         assert plan.total == {k: m.numel() for k, m in active.items()}
@@ -133,7 +209,7 @@ def test_selection_is_the_exact_top_k_of_its_scope(method, min_states):
                       for i in sorted(_kept_sets(plan)[k], key=lambda i: (-float(s[i]), i))[min_states:]]
             assert plan.threshold == (min(beyond) if beyond else None), r
     # r = 1: exactly min_states per layer, each layer's best
-    plan = plan_pruning(model, method, 1.0, min_states=min_states, seed=3)
+    plan = plan_pruning(model, method, 1.0, min_states=min_states, seed=3, **opts)
     assert set(plan.kept.values()) == {min_states}
     for k, s in plan.scores.items():
         best = sorted(range(len(s)), key=lambda i: (-float(s[i]), i))[:min_states]
@@ -143,15 +219,16 @@ def test_selection_is_the_exact_top_k_of_its_scope(method, min_states):
 @pytest.mark.parametrize("method", ALL)
 def test_exact_halves_round_up(method):
     model = _half_model()
+    opts = _options(method, model)
     if METHOD_FORMULAS[method][2] == "global":
-        plan = plan_pruning(model, method, 0.25)  # 2.5 of 10 states: 3 pruned (half-to-even: 2)
+        plan = plan_pruning(model, method, 0.25, **opts)  # 2.5 of 10 states: 3 pruned (half-to-even: 2)
         assert sum(plan.kept.values()) == 10 - 3
-        plan = plan_pruning(model, method, 0.45)  # 4.5 → 5
+        plan = plan_pruning(model, method, 0.45, **opts)  # 4.5 → 5
         assert sum(plan.kept.values()) == 10 - 5
     else:
-        plan = plan_pruning(model, method, 0.5)  # per layer 2.5 → 3, 1.5 → 2, 1.0 → 1
+        plan = plan_pruning(model, method, 0.5, **opts)  # per layer 2.5 → 3, 1.5 → 2, 1.0 → 1
         assert list(plan.kept.values()) == [5 - 3, 3 - 2, 2 - 1]
-        plan = plan_pruning(model, method, 0.25)  # 1.25 → 1, 0.75 → 1, 0.5 → 1
+        plan = plan_pruning(model, method, 0.25, **opts)  # 1.25 → 1, 0.75 → 1, 0.5 → 1
         assert list(plan.kept.values()) == [5 - 1, 3 - 1, 2 - 1]
     assert [pruned_count(0.25, 10), pruned_count(0.5, 5), pruned_count(0.25, 2)] == [3, 3, 1]
 
@@ -174,10 +251,12 @@ def _train_pruned_states_up(model, masks, seed) -> None:
 @pytest.mark.parametrize("method", ALL)
 def test_cumulative_pruning_with_changed_parameters(method):
     model = _half_model()
-    first = plan_pruning(model, method, 0.3, seed=1)
+    # _options is called again after every change: the horizon stays, the energies are re-measured
+    # (the synthetic ones follow the parameters, so the pruned states now measure the largest).
+    first = plan_pruning(model, method, 0.3, seed=1, **_options(method, model))
     apply_pruning(model, first)
     _train_pruned_states_up(model, first.masks, seed=4)
-    second = plan_pruning(model, method, 0.6, seed=2)
+    second = plan_pruning(model, method, 0.6, seed=2, **_options(method, model, seed=1))
     scope = METHOD_FORMULAS[method][2]
     for k in first.masks:
         assert not (second.masks[k] & ~first.masks[k]).any(), f"{method}: a pruned state came back in {k}"
@@ -188,7 +267,7 @@ def test_cumulative_pruning_with_changed_parameters(method):
     apply_pruning(model, second)
     # a ratio below the current one prunes nothing more, also after further training
     _train_pruned_states_up(model, second.masks, seed=5)
-    lower = plan_pruning(model, method, 0.3, seed=3)
+    lower = plan_pruning(model, method, 0.3, seed=3, **_options(method, model, seed=2))
     assert all(torch.equal(lower.masks[k], second.masks[k]) for k in second.masks)
 
 

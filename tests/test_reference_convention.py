@@ -88,13 +88,53 @@ def test_reference_masks_equal_an_independent_implementation(bidirectional, meth
             assert plan.convention == "reference" and plan.options["bidirectional"] == "code"
 
 
-def test_reference_scores_are_the_published_float32_values():
-    model = _model(True)
-    ours = state_scores(model, "last", convention="reference")
+REFERENCE_METHODS = [("last", "hinf", True), ("aire", "aire", True), ("global_hinf", "hinf", False)]
+
+
+def _pre_prune(model) -> None:
+    """Mask states 3, 5 (one of a tied pair) and 12 of every layer, as an earlier pruning step would."""
+    for layer in prunable_layers(model).values():
+        layer.state_mask[[3, 5, 12]] = False
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "partly-pruned"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("method,kind,normalize", REFERENCE_METHODS)
+def test_reference_scores_are_the_published_float32_values(method, kind, normalize, bidirectional, masked):
+    model = _model(bidirectional)
+    if masked:  # masked states leave the normalization and score −inf, as in ssmlit's own convention
+        _pre_prune(model)
+    # rule 3: the published bidirectional factor, whatever bidirectional= asks for
+    ours = state_scores(model, method, convention="reference", bidirectional="bound")
     for name, layer in prunable_layers(model).items():
-        want = _published_normalize(_published_scores(layer, "hinf"))
-        assert np.array_equal(ours[name].numpy().astype(F32), want)
+        raw, active = _published_scores(layer, kind), layer.state_mask.numpy()
+        want = np.full(raw.shape, -np.inf, F32)
+        want[active] = _published_normalize(raw[active]) if normalize else raw[active]
+        assert np.array_equal(ours[name].numpy().astype(F32), want), name
         assert ours[name].dtype == torch.float64  # float32 values, exactly representable
+    if masked:  # cumulative: K still counts every stored state, masked states stay masked
+        for percent in (20, 50, 90):
+            plan = plan_pruning(model, method, percent / 100, convention="reference")
+            flat = np.concatenate([ours[k].numpy() for k in ours]).astype(F32)
+            keep = max(int(flat.size * (100 - percent) / 100), 1)
+            finite = np.sort(flat[np.isfinite(flat)])[::-1]
+            tau = finite[min(keep, finite.size) - 1]
+            for name, layer in prunable_layers(model).items():
+                want_mask = (ours[name].numpy().astype(F32) >= tau) & layer.state_mask.numpy()
+                assert np.array_equal(plan.masks[name].numpy(), want_mask), (percent, name)
+
+
+@pytest.mark.parametrize("method,kind,normalize", REFERENCE_METHODS)
+def test_reference_scores_use_the_requested_step_rescale(method, kind, normalize):
+    model = _model(True)
+    ours = state_scores(model, method, convention="reference", step_rescale=2.5)
+    default = state_scores(model, method, convention="reference")
+    for name, layer in prunable_layers(model).items():
+        layer.step_rescale = 2.5
+        raw = _published_scores(layer, kind)
+        want = _published_normalize(raw) if normalize else raw
+        assert np.array_equal(ours[name].numpy().astype(F32), want), name
+        assert not torch.equal(ours[name], default[name])
 
 
 def test_rules_one_by_one():

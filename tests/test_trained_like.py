@@ -15,7 +15,7 @@ from ssmlit.pruning.plan import layer_quantities
 from ssmlit.pruning.scores import h2_energy
 
 from reference import recurrence_output, rel_err
-from reference_scores import METHOD_FORMULAS, reference_scores, reference_selection
+from reference_scores import HORIZON_KINDS, MEASURED_KIND, METHOD_FORMULAS, reference_scores, reference_selection
 from trained import perturb_like_trained
 
 H = 4
@@ -100,10 +100,23 @@ NORMALIZED = [m for m in sorted(METHODS) if METHODS[m].normalize]
 @pytest.mark.parametrize("method", NORMALIZED)
 def test_unstable_pole_leaves_the_other_scores_normalized(method, poles):
     layer = _unstable_s5(poles)
-    infinite = METHOD_FORMULAS[method][0] in ("hinf", "h2")  # LAMP's magnitude stays finite
-    with pytest.warns(RuntimeWarning, match="unstable") if infinite else contextlib.nullcontext():
-        s = state_scores(layer, method)[""]
-    ref = reference_scores(layer, method)
+    kind = METHOD_FORMULAS[method][0]
+    # Eq. 6, AIRE and their finite-horizon forms score an unstable pole +inf and warn; LAMP's
+    # magnitude stays finite.
+    warns = kind in ("hinf", "h2", *HORIZON_KINDS)
+    opts, energies = {}, None
+    if kind in HORIZON_KINDS:
+        opts = {"horizon": 16}
+    elif kind == MEASURED_KIND:
+        # calibrate measures an unstable state's overflowing energy as +inf (test_calibration.py);
+        # the normalization must treat it as the computed scores' +inf.
+        energies = np.exp(np.random.default_rng(0).standard_normal(layer.n_states))
+        energies[list(poles)] = math.inf
+        opts = {"calibration": {"": torch.from_numpy(energies)}}
+    infinite = warns or kind == MEASURED_KIND
+    with pytest.warns(RuntimeWarning, match="unstable") if warns else contextlib.nullcontext():
+        s = state_scores(layer, method, **opts)[""]
+    ref = reference_scores(layer, method, horizon=opts.get("horizon"), energies=energies)
     np.testing.assert_allclose(s.numpy(), ref, rtol=1e-9, atol=0)
     stable = torch.ones(layer.n_states, dtype=torch.bool)
     stable[list(poles)] = False
@@ -114,7 +127,7 @@ def test_unstable_pole_leaves_the_other_scores_normalized(method, poles):
         assert s[stable].max() == 1.0 and (s[stable] > 0).all() and torch.isfinite(s).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        plan = plan_pruning(layer, method, 0.5)
+        plan = plan_pruning(layer, method, 0.5, **opts)
     active = {"": torch.ones(layer.n_states, dtype=torch.bool)}
     assert {"": set(plan.masks[""].nonzero().squeeze(1).tolist())} == reference_selection(
         plan.scores, active, "global", 0.5, 1)

@@ -29,6 +29,7 @@ the training split with a seeded generator.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -134,7 +135,16 @@ class _LayerEnergy:
         w = torch.stack(parts, 0)  # [2d, H, n]
         W = torch.einsum("ihn,jhn->nij", w, w)
         M = self.moments.to("cpu", torch.float64)
-        return 4 * (W * M).sum((1, 2))
+        E = 4 * (W * M).sum((1, 2))
+        # An unstable pole's trajectory overflows float32 on long inputs and its moments hold
+        # inf − inf = NaN; one NaN would make every Eq. 9 prefix sum of the layer NaN (all scores 0).
+        # Its energy is unbounded: +inf, never pruned, as the computed scores treat unstable poles.
+        bad = ~torch.isfinite(E)
+        if bool(bad.any()):
+            warnings.warn(f"{int(bad.sum())} state(s) measured a non-finite energy (unstable, |λ̄| ≥ 1?): they "
+                          "get energy +inf and are never pruned", RuntimeWarning, stacklevel=3)
+            E = torch.where(bad, torch.full_like(E, float("inf")), E)
+        return E
 
 
 @torch.no_grad()
